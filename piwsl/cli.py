@@ -1,0 +1,180 @@
+"""``main.py``: fairchem's command line, with the ``piwsl`` trainer registered and configs checked.
+
+Every flag of fairchem's CLI works (``--mode``, ``--config-yml``/``--config``, ``--cpu``,
+``--num-gpus``, ``--submit`` and the ``--slurm-*`` flags, ``--run-dir``, ``--identifier``,
+``--seed``, dotted overrides such as ``--optim.max_epochs=1``). Before anything starts, the
+config's top-level ``piwsl`` section is checked (unknown keys and bad values are errors) and moved
+to ``optim.piwsl`` where the trainer reads it, and missing datasets are reported in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from fairchem.core._cli import Runner
+from fairchem.core.common import distutils
+from fairchem.core.common.flags import Flags
+from fairchem.core.common.registry import registry
+from fairchem.core.common.utils import build_config, save_experiment_log, setup_imports, setup_logging
+
+import piwsl  # noqa: F401  (registers the "piwsl" trainer)
+from piwsl.config import PIWSLConfig, PIWSLConfigError
+
+#: Top-level keys of our configs that fairchem does not know and main.py consumes.
+PREPARATION_KEY = "dataset_preparation"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says what to change."""
+
+
+class PIWSLRunner(Runner):
+    """fairchem's runner; unpickled in SLURM jobs and DDP workers, where importing this module registers piwsl."""
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        submission = super().checkpoint(*args, **kwargs)
+        submission.function = PIWSLRunner()
+        return submission
+
+
+def run_config(config: dict) -> None:
+    """Entry point of each local or DDP rank."""
+    PIWSLRunner()(config)
+
+
+def build_trainer(config: dict, **overrides: Any):
+    """A trainer built from a full config dict (as ``main.py`` would), for notebooks and tests."""
+    config = prepare_config(config)
+    setup_imports(config)
+    arguments = {
+        "task": config.get("task", {}),
+        "model": config["model"],
+        "outputs": config.get("outputs", {}),
+        "dataset": config["dataset"],
+        "optimizer": config["optim"],
+        "loss_functions": config.get("loss_functions", {}),
+        "evaluation_metrics": config.get("evaluation_metrics", {}),
+        "identifier": config.get("identifier", ""),
+        "timestamp_id": config.get("timestamp_id"),
+        "run_dir": config.get("run_dir", "./"),
+        "seed": config.get("seed", 0),
+        "logger": config.get("logger", "tensorboard"),
+        "local_rank": config.get("local_rank", 0),
+        "print_every": config.get("print_every", 10),
+        "cpu": config.get("cpu", True),
+        "name": "ocp",
+    }
+    arguments.update(overrides)
+    return registry.get_trainer_class(config.get("trainer", "piwsl"))(**arguments)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = Flags().get_parser()
+    for action in parser._actions:
+        if action.dest == "config_yml":
+            action.required = False
+    parser.description = (
+        "Train, validate or predict with fairchem models and physics-informed weak supervision "
+        "(PITC/PISC). The config's 'piwsl' section selects the method; see README.md."
+    )
+    parser.add_argument(
+        "--config",
+        dest="config_yml",
+        type=Path,
+        help="Alias of --config-yml: path to the YAML config (includes: are resolved relative to it).",
+    )
+    return parser
+
+
+def prepare_config(config: dict) -> dict:
+    """Check the piwsl section and dataset paths, and put the section where the trainer reads it."""
+    config = copy.deepcopy(config)
+    preparation = config.pop(PREPARATION_KEY, None)
+    section = config.pop("piwsl", None)
+    optim = config.setdefault("optim", {})
+    if section is not None and "piwsl" in optim:
+        raise ConfigError("the piwsl settings are given twice, top-level 'piwsl' and 'optim.piwsl': keep one")
+    if section is not None:
+        optim["piwsl"] = section
+    if config.get("trainer", "piwsl") == "piwsl" or "piwsl" in optim:
+        PIWSLConfig.from_dict(optim.get("piwsl"), where="piwsl")
+    if config.get("mode", "train") == "train":
+        check_datasets(config, preparation)
+    return config
+
+
+def check_datasets(config: dict, preparation: str | None) -> None:
+    """Fail in one line when a dataset path in the config does not exist."""
+    datasets = config.get("dataset", {})
+    splits = datasets.items() if isinstance(datasets, dict) and "train" in datasets else [("train", datasets)]
+    for split, settings in splits:
+        source = (settings or {}).get("src") if isinstance(settings, dict) else None
+        if source is None or Path(source).exists():
+            continue
+        hint = f"; prepare it with: {' '.join(preparation.split())}" if preparation else ""
+        raise ConfigError(f"{split} dataset not found: {source}{hint}")
+
+
+def submit(args: argparse.Namespace, config: dict) -> None:
+    """Submit to SLURM through submitit, as fairchem's CLI does, with piwsl available in the job."""
+    from submitit import AutoExecutor
+
+    if shutil.which("sbatch") is None:
+        raise ConfigError("--submit needs SLURM, but 'sbatch' is not on PATH; run without --submit to train here")
+    executor = AutoExecutor(folder=args.logdir / "%j", slurm_max_num_timeout=3)
+    executor.update_parameters(
+        name=args.identifier,
+        mem_gb=args.slurm_mem,
+        timeout_min=args.slurm_timeout * 60,
+        slurm_partition=args.slurm_partition,
+        gpus_per_node=0 if args.cpu else args.num_gpus,
+        cpus_per_task=config["optim"].get("num_workers", 0) + 1,
+        tasks_per_node=args.num_gpus,
+        nodes=args.num_nodes,
+        slurm_additional_parameters=config.get("slurm", None),
+        slurm_qos=args.slurm_qos,
+        slurm_account=args.slurm_account,
+    )
+    config["slurm"] = copy.deepcopy(executor.parameters)
+    config["slurm"]["folder"] = str(executor.folder)
+    jobs = executor.map_array(PIWSLRunner(), [config])
+    logging.info(f"Submitted jobs: {', '.join(job.job_id for job in jobs)}")
+    logging.info(f"Experiment log saved to: {save_experiment_log(args, jobs, [config])}")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    if args.config_yml is None:
+        raise ConfigError("no config given: pass --config PATH (e.g. configs/ani1x/painn_piwsl.yml)")
+    if not Path(args.config_yml).exists():
+        raise ConfigError(f"config file not found: {args.config_yml}")
+    config = prepare_config(build_config(args, overrides))
+    if args.submit:
+        submit(args, config)
+    elif args.num_gpus > 1:
+        from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+        config.setdefault("optim", {})["num_workers"] = 0
+        launch = LaunchConfig(
+            min_nodes=1, max_nodes=1, nproc_per_node=args.num_gpus, rdzv_backend="c10d", max_restarts=0
+        )
+        elastic_launch(launch, run_config)(config)
+    else:
+        distutils.setup_env_local()
+        run_config(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args, overrides = get_parser().parse_known_args(argv)
+    try:
+        run(args, overrides)
+    except (ConfigError, PIWSLConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""Turning reference data into fairchem LMDBs with the paper's split protocol."""

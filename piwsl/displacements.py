@@ -1,0 +1,131 @@
+"""Seeded samplers of atomic displacements ``dr`` (Sec. 4.4, App. B, App. I).
+
+Each structure of a batch gets a magnitude ``dr0 ~ U(0, max_displacement)`` (Å) and a direction
+per atom. Two conventions turn them into displacements:
+
+- ``gaussian`` (App. B, the paper's default): ``dr_i = dr0 * g_i`` with ``g_i ~ N(0, I_3)``, so
+  ``dr0`` is the standard deviation of every Cartesian component;
+- ``normalized`` (Eq. 6): ``dr = dr0 * g / ||g||_2`` over the whole structure, so the
+  structure's displacement has Euclidean norm ``dr0``.
+
+Only moving atoms are displaced: atoms flagged ``fixed`` never are, and each other atom is
+displaced with probability ``atom_fraction`` (App. I). All randomness comes from one CPU
+``torch.Generator`` seeded at construction, so draws are identical on every device; its state is
+exposed through ``state_dict`` for checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from piwsl.losses import per_structure_sum
+
+DisplacementForm = Literal["gaussian", "normalized"]
+
+_TINY = 1e-12
+
+
+class DisplacementSampler:
+    """Shared magnitude, masking and scaling logic of the random and adversarial samplers."""
+
+    def __init__(
+        self,
+        max_displacement: float,
+        form: DisplacementForm = "gaussian",
+        atom_fraction: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        if not max_displacement > 0:
+            raise ValueError(f"max_displacement must be > 0 Å, got {max_displacement}")
+        if form not in ("gaussian", "normalized"):
+            raise ValueError(f"unknown displacement form {form!r}; allowed: 'gaussian', 'normalized'")
+        if not 0 < atom_fraction <= 1:
+            raise ValueError(f"atom_fraction must lie in (0, 1], got {atom_fraction}")
+        self.max_displacement = float(max_displacement)
+        self.form = form
+        self.atom_fraction = float(atom_fraction)
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def _magnitudes(self, num_structures: int) -> Tensor:
+        """``dr0 ~ U(0, max_displacement)`` per structure (Å)."""
+        return torch.rand(num_structures, generator=self.generator, dtype=torch.float64) * self.max_displacement
+
+    def _moving_atoms(self, num_atoms: int, fixed: Tensor | None) -> Tensor:
+        """Boolean mask (N,) of atoms to displace: not fixed, and kept with probability ``atom_fraction``."""
+        moving = torch.ones(num_atoms, dtype=torch.bool)
+        if self.atom_fraction < 1:
+            moving &= torch.rand(num_atoms, generator=self.generator) < self.atom_fraction
+        if fixed is not None:
+            moving &= ~fixed.detach().cpu().bool()
+        return moving
+
+    def _scale(self, direction: Tensor, moving: Tensor, batch_index: Tensor, magnitudes: Tensor) -> Tensor:
+        """Zero the non-moving atoms and scale ``direction`` (N, 3) by ``magnitudes`` (B,) per ``form``."""
+        direction = direction * moving.unsqueeze(-1)
+        per_atom_magnitude = magnitudes[batch_index]
+        if self.form == "gaussian":
+            return direction * per_atom_magnitude.unsqueeze(-1)
+        squared_norm = per_structure_sum(direction.square().sum(-1), batch_index, magnitudes.shape[0])
+        inverse_norm = squared_norm.clamp_min(_TINY).rsqrt()
+        return direction * (per_atom_magnitude * inverse_norm[batch_index]).unsqueeze(-1)
+
+
+class RandomDisplacementSampler(DisplacementSampler):
+    """Zero-mean Gaussian displacement directions (App. B; Eq. 6 with ``form='normalized'``)."""
+
+    def sample(
+        self,
+        batch_index: Tensor,
+        num_structures: int,
+        fixed: Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """Draw displacements (N, 3) in Å for atoms with structure indices ``batch_index`` (N,)."""
+        device = batch_index.device
+        cpu_index = batch_index.detach().cpu()
+        magnitudes = self._magnitudes(num_structures)
+        moving = self._moving_atoms(cpu_index.shape[0], fixed)
+        direction = torch.randn(cpu_index.shape[0], 3, generator=self.generator, dtype=torch.float64)
+        displacement = self._scale(direction, moving, cpu_index, magnitudes)
+        return displacement.to(device=device, dtype=dtype)
+
+
+class AdversarialDisplacementSampler(DisplacementSampler):
+    """Adversarial directions (Eq. 7, 10), rescaled per structure, with a random sign per structure.
+
+    ``direction`` (N, 3) is the gradient of the energy error with respect to positions, e.g.
+    ``-sign(E - E_ref) * (F - F_ref)``. It is detached and normalized per structure. In the
+    ``gaussian`` form it is rescaled so that ``sum_i |g_i|^2 = 3 n_moving``, the expected squared
+    norm of the random Gaussian direction, so that ``max_displacement`` means the same for both.
+    """
+
+    def sample(
+        self,
+        direction: Tensor,
+        batch_index: Tensor,
+        num_structures: int,
+        fixed: Tensor | None = None,
+    ) -> Tensor:
+        device, dtype = direction.device, direction.dtype
+        cpu_index = batch_index.detach().cpu()
+        magnitudes = self._magnitudes(num_structures)
+        moving = self._moving_atoms(cpu_index.shape[0], fixed)
+        signs = torch.randint(0, 2, (num_structures,), generator=self.generator, dtype=torch.float64) * 2 - 1
+        direction = direction.detach().cpu().to(torch.float64) * moving.unsqueeze(-1)
+        if self.form == "gaussian":
+            squared_norm = per_structure_sum(direction.square().sum(-1), cpu_index, num_structures)
+            moving_count = per_structure_sum(moving.to(torch.float64), cpu_index, num_structures)
+            rescale = (3 * moving_count / squared_norm.clamp_min(_TINY)).sqrt()
+            direction = direction * rescale[cpu_index].unsqueeze(-1)
+        displacement = self._scale(direction, moving, cpu_index, magnitudes * signs)
+        return displacement.to(device=device, dtype=dtype)

@@ -1,0 +1,293 @@
+"""``PIWSLTrainer``: fairchem's ``OCPTrainer`` plus physics-informed weak supervision.
+
+The trainer only decides *which geometries* go through the model and *which terms* enter the
+loss; the physics lives in ``piwsl.losses`` and ``piwsl.displacements``. It overrides three
+hooks of ``OCPTrainer`` and keeps ``train()``, ``validate()`` and ``predict()`` as they are:
+
+- ``_forward``: in training, also evaluates the model at ``S + dr`` (and ``S + dr'``), either as
+  one stacked batch (``forward_mode: batched``) or one call per geometry (``sequential``);
+- ``_compute_loss``: adds ``C_PITC * L_PITC + C_PISC * L_PISC`` (or the weak-label term) to
+  fairchem's supervised loss and logs every term separately;
+- ``_compute_metrics``: skips targets the batch has no labels for (energy-only training).
+
+Settings come from the ``piwsl`` section of the config (``optim.piwsl`` for fairchem's own CLI,
+top-level ``piwsl`` for ``main.py``), see ``piwsl.config.PIWSLConfig``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fairchem.core.common import distutils
+from fairchem.core.common.registry import registry
+from fairchem.core.modules.evaluator import Evaluator
+from fairchem.core.trainers import OCPTrainer
+from torch import Tensor
+from torch_geometric.data import Batch
+
+from piwsl.batching import split_copies, stack_displaced_copies
+from piwsl.config import PIWSLConfig
+from piwsl.displacements import AdversarialDisplacementSampler, RandomDisplacementSampler
+from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss
+
+ENERGY_KEY = "energy"
+FORCES_KEY = "forces"
+
+
+@dataclass
+class Geometry:
+    """Model predictions at one geometry, in physical units: energies (B,), forces (N, 3)."""
+
+    energy: Tensor
+    forces: Tensor
+
+
+@dataclass
+class DisplacedPredictions:
+    """What the consistency terms need beyond the original geometry's outputs."""
+
+    displacement: Tensor
+    displaced: Geometry
+    displacement_prime: Tensor | None = None
+    displaced_prime: Geometry | None = None
+
+
+@registry.register_trainer("piwsl")
+class PIWSLTrainer(OCPTrainer):
+    """OCP trainer with PITC/PISC consistency losses, NoisyNode and weak-label baselines."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        optimizer = kwargs.get("optimizer", {})
+        self.piwsl_config = PIWSLConfig.from_dict(optimizer.get("piwsl"), where="piwsl")
+        self._pending: DisplacedPredictions | None = None
+        super().__init__(*args, **kwargs)
+        self.metrics: dict = {}
+        self._check_outputs()
+        self._apply_max_steps()
+        seed = self.piwsl_config.seed
+        if seed is None:
+            seed = int(self.config["cmd"].get("seed") or 0)
+        # Different ranks must draw different displacements for their different structures.
+        seed += 7919 * distutils.get_rank()
+        sampler_settings = {
+            "max_displacement": self.piwsl_config.max_displacement,
+            "form": self.piwsl_config.displacement_form,
+            "atom_fraction": self.piwsl_config.atom_fraction,
+        }
+        self.random_sampler = RandomDisplacementSampler(**sampler_settings, seed=seed)
+        self.adversarial_sampler = (
+            AdversarialDisplacementSampler(**sampler_settings, seed=seed + 1)
+            if self.piwsl_config.direction == "adversarial"
+            else None
+        )
+        common = {
+            "loss": self.piwsl_config.pointwise_loss,
+            "energy_scale": self.energy_scale,
+            "detach_target": self.piwsl_config.detach_target,
+        }
+        self.pitc_loss = PITCLoss(**common)
+        self.pisc_loss = PISCLoss(**common, variant=self.piwsl_config.pisc_variant)
+        self.weak_label_loss = WeakLabelLoss(**common)
+        if distutils.is_master():
+            logging.info(f"PIWSL settings: {self.piwsl_config}")
+
+    # ------------------------------------------------------------------ set-up
+    def _check_outputs(self) -> None:
+        missing = [key for key in (ENERGY_KEY, FORCES_KEY) if key not in self.output_targets]
+        if missing and self.piwsl_config.needs_displacements:
+            raise ValueError(f"the piwsl trainer needs model outputs named {missing} in the config's 'outputs' section")
+        if self.piwsl_config.needs_displacements and not self.config["model"].get("otf_graph", False):
+            raise ValueError("displaced structures need neighbour lists rebuilt on the fly: set model.otf_graph: True")
+
+    def _apply_max_steps(self) -> None:
+        """``optim.max_steps`` (fairchem counts epochs only): train ceil(max_steps / batches) epochs."""
+        max_steps = self.config["optim"].get("max_steps")
+        if max_steps is None or getattr(self, "train_loader", None) is None:
+            return
+        self.config["optim"]["max_epochs"] = math.ceil(int(max_steps) / len(self.train_loader))
+
+    def load_loss(self) -> None:
+        """fairchem's losses, without terms whose coefficient is 0 (e.g. forces in energy-only training)."""
+        super().load_loss()
+        self.loss_functions = [
+            (target, info) for target, info in self.loss_functions if info.get("coefficient", 1) != 0
+        ]
+
+    @property
+    def energy_scale(self) -> float:
+        """Standard deviation (physical units) that makes consistency residuals dimensionless."""
+        normalizer = self.normalizers.get(ENERGY_KEY)
+        return float(normalizer.rmsd) if normalizer is not None else 1.0
+
+    # ------------------------------------------------------------------ forward
+    def _consistency_active(self) -> bool:
+        return (
+            self.piwsl_config.needs_displacements
+            and self.model.training
+            and torch.is_grad_enabled()
+            and self.step > self.piwsl_config.warmup_steps
+        )
+
+    def _forward(self, batch: Batch) -> dict[str, Tensor]:
+        self._pending = None
+        if not self._consistency_active():
+            return super()._forward(batch)
+        batch = batch.to(self.device)
+        method = self.piwsl_config.method
+        if method == "noisynode":
+            shift = self._sample_random(batch)
+            noisy = stack_displaced_copies(batch, [shift])
+            return super()._forward(noisy)
+        needs_prime = method == "piwsl" and self.piwsl_config.c_pisc > 0
+        if self.piwsl_config.direction == "adversarial":
+            return self._forward_adversarial(batch, needs_prime)
+        displacement = self._sample_random(batch)
+        prime = self._sample_random(batch) if needs_prime else None
+        shifts = [None, displacement] + ([prime] if prime is not None else [])
+        outputs = self._forward_geometries(batch, shifts)
+        self._pending = self._pack(batch, displacement, prime, outputs[1:])
+        return outputs[0]
+
+    def _forward_adversarial(self, batch: Batch, needs_prime: bool) -> dict[str, Tensor]:
+        labels_have_forces = FORCES_KEY in batch.keys()
+        if not labels_have_forces:
+            batch.pos.requires_grad_(True)
+        out = super()._forward(batch)
+        direction = self._adversarial_direction(batch, out, labels_have_forces)
+        displacement = self.adversarial_sampler.sample(
+            direction, batch.batch, batch.natoms.numel(), getattr(batch, "fixed", None)
+        )
+        prime = self._sample_random(batch) if needs_prime else None
+        shifts = [displacement] + ([prime] if prime is not None else [])
+        displaced_outputs = self._forward_geometries(batch, shifts)
+        self._pending = self._pack(batch, displacement, prime, displaced_outputs)
+        return out
+
+    def _adversarial_direction(self, batch: Batch, out: dict[str, Tensor], labels_have_forces: bool) -> Tensor:
+        """Gradient of ``|E - E_ref|`` with respect to positions (Eq. 10), detached."""
+        prediction = self._physical(batch, out)
+        sign = torch.sign(prediction.energy - batch[ENERGY_KEY].view(-1)).detach()
+        if labels_have_forces:
+            difference = prediction.forces - batch[FORCES_KEY].view(-1, 3)
+            return (-sign[batch.batch].unsqueeze(-1) * difference).detach()
+        error = (sign * prediction.energy).sum()
+        (gradient,) = torch.autograd.grad(error, batch.pos, retain_graph=True)
+        return gradient.detach()
+
+    def _forward_geometries(self, batch: Batch, shifts: list[Tensor | None]) -> list[dict[str, Tensor]]:
+        """Model outputs (normalized, as fairchem's ``_forward`` returns them) at each displaced geometry."""
+        if self.piwsl_config.forward_mode == "sequential":
+            return [super(PIWSLTrainer, self)._forward(stack_displaced_copies(batch, [s])) for s in shifts]
+        stacked = super()._forward(stack_displaced_copies(batch, shifts))
+        copies = len(shifts)
+        pieces = {key: split_copies(value, copies) for key, value in stacked.items()}
+        return [{key: pieces[key][k] for key in pieces} for k in range(copies)]
+
+    def _sample_random(self, batch: Batch) -> Tensor:
+        return self.random_sampler.sample(
+            batch.batch, batch.natoms.numel(), getattr(batch, "fixed", None), batch.pos.dtype
+        )
+
+    def _physical(self, batch: Batch, out: dict[str, Tensor]) -> Geometry:
+        """Denormalized energies (B,) and forces (N, 3) of one geometry."""
+        energy = self._denorm_preds(ENERGY_KEY, out[ENERGY_KEY], batch).view(-1)
+        forces = self._denorm_preds(FORCES_KEY, out[FORCES_KEY], batch).view(-1, 3)
+        return Geometry(energy=energy, forces=forces)
+
+    def _pack(
+        self,
+        batch: Batch,
+        displacement: Tensor,
+        prime: Tensor | None,
+        displaced_outputs: list[dict[str, Tensor]],
+    ) -> DisplacedPredictions:
+        displaced = self._physical(batch, displaced_outputs[0])
+        displaced_prime = self._physical(batch, displaced_outputs[1]) if prime is not None else None
+        return DisplacedPredictions(displacement, displaced, prime, displaced_prime)
+
+    # ------------------------------------------------------------------ loss
+    def _compute_loss(self, out: dict[str, Tensor], batch: Batch) -> Tensor:
+        supervised = super()._compute_loss(out, batch)
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return supervised
+        terms = self._consistency_terms(out, batch, pending)
+        total = supervised
+        self._log_term("supervised_loss", supervised)
+        for name, (weight, value) in terms.items():
+            total = total + weight * value
+            self._log_term(f"{name}_loss", value)
+        return total
+
+    def _consistency_terms(
+        self, out: dict[str, Tensor], batch: Batch, pending: DisplacedPredictions
+    ) -> dict[str, tuple[float, Tensor]]:
+        """Weighted, batch-reduced consistency terms: name -> (weight, value)."""
+        config = self.piwsl_config
+        index = batch.batch
+        if config.method == "weak_label":
+            if FORCES_KEY not in batch.keys():
+                raise ValueError("the weak_label method needs force labels in the training set")
+            per_structure = self.weak_label_loss(
+                pending.displaced.energy,
+                batch[ENERGY_KEY].view(-1),
+                batch[FORCES_KEY].view(-1, 3),
+                pending.displacement,
+                index,
+            )
+            return {"weak_label": (config.c_weak_label, self._reduce(per_structure))}
+        original = self._physical(batch, out)
+        terms: dict[str, tuple[float, Tensor]] = {}
+        if config.c_pitc > 0:
+            pitc = self.pitc_loss(
+                original.energy, original.forces, pending.displaced.energy, pending.displacement, index
+            )
+            terms["pitc"] = (config.c_pitc, self._reduce(pitc))
+        if config.c_pisc > 0 and pending.displaced_prime is not None:
+            pisc = self.pisc_loss(
+                original.energy,
+                original.forces,
+                pending.displaced.energy,
+                pending.displaced.forces,
+                pending.displaced_prime.energy,
+                pending.displaced_prime.forces,
+                pending.displacement,
+                pending.displacement_prime,
+                index,
+            )
+            terms["pisc"] = (config.c_pisc, self._reduce(pisc))
+        return terms
+
+    def _reduce(self, per_structure: Tensor) -> Tensor:
+        """Mean over the structures of all ranks, scaled for DDP's gradient averaging."""
+        count = torch.tensor(float(per_structure.numel()), device=per_structure.device)
+        world_size = distutils.get_world_size()
+        if world_size > 1:
+            count = distutils.all_reduce(count, device=per_structure.device)
+        return per_structure.sum() * world_size / count.clamp_min(1.0)
+
+    def _log_term(self, name: str, value: Tensor) -> None:
+        self.metrics = self.evaluator.update(name, float(value.detach()), self.metrics)
+
+    # ------------------------------------------------------------------ metrics
+    def _compute_metrics(
+        self, out: dict[str, Tensor], batch: Batch, evaluator: Evaluator, metrics: dict | None = None
+    ) -> dict:
+        """fairchem's metrics over the targets this batch has labels for (energy-only sets lack forces)."""
+        labelled = [target for target in self.output_targets if target in batch.keys()]
+        if len(labelled) == len(self.output_targets):
+            return super()._compute_metrics(out, batch, evaluator, metrics)
+        restricted = Evaluator(
+            task=self.name,
+            eval_metrics={k: v for k, v in evaluator.target_metrics.items() if k in labelled},
+        )
+        all_targets = self.output_targets
+        self.output_targets = {k: v for k, v in all_targets.items() if k in labelled}
+        try:
+            return super()._compute_metrics({k: v for k, v in out.items() if k in labelled}, batch, restricted, metrics)
+        finally:
+            self.output_targets = all_targets

@@ -1,0 +1,145 @@
+"""PIWSLTrainer on real (GFN2-xTB ethanol) data with a tiny PaiNN: losses, logging, modes."""
+
+from __future__ import annotations
+
+import copy
+import gc
+
+import pytest
+import torch
+from trainer_helpers import make_trainer, prepare_ethanol, tiny_config
+
+from piwsl.losses import PITCLoss
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepare_ethanol(tmp_path_factory.mktemp("data"))
+
+
+def first_batch(trainer):
+    return next(iter(trainer.train_loader))
+
+
+def loss_at(trainer, batch, sampler_state):
+    """Total training loss on ``batch`` with the displacement generator reset to ``sampler_state``."""
+    trainer.random_sampler.load_state_dict(sampler_state)
+    trainer.model.train()
+    out = trainer._forward(copy.deepcopy(batch))
+    return trainer._compute_loss(out, batch)
+
+
+def test_piwsl_training_decreases_the_loss(data, tmp_path):
+    config = tiny_config(data, tmp_path, {"method": "piwsl", "preset": "D"})
+    config["optim"]["lr_initial"] = 2e-3
+    trainer = make_trainer(config)
+    trainer.step = 1
+    batch = first_batch(trainer)
+    state = copy.deepcopy(trainer.random_sampler.state_dict())
+    before = float(loss_at(trainer, batch, state))
+    for _ in range(30):
+        for train_batch in trainer.train_loader:
+            trainer._backward(loss_at(trainer, train_batch, trainer.random_sampler.state_dict()))
+    after = float(loss_at(trainer, batch, state))
+    assert after < 0.9 * before, (before, after)
+
+
+def test_every_term_is_logged_to_tensorboard(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(data, tmp_path, {"method": "piwsl", "c_pitc": 1.0, "c_pisc": 0.1})
+    trainer = make_trainer(config, print_every=2)
+    trainer.train(disable_eval_tqdm=True)
+    trainer.logger.writer.flush()
+    events = EventAccumulator(trainer.config["cmd"]["logs_dir"])
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in ("supervised_loss", "pitc_loss", "pisc_loss", "loss", "energy_mae", "forces_mae"):
+        assert f"train/{name}" in tags, tags
+    assert "val/forces_mae" in tags
+    values = [event.value for event in events.Scalars("train/pitc_loss")]
+    assert all(v >= 0 and v == v for v in values)
+
+
+def test_consistency_terms_are_formed_in_physical_units(data, tmp_path):
+    trainer = make_trainer(tiny_config(data, tmp_path, {"method": "piwsl", "c_pitc": 1.0, "c_pisc": 0.0}))
+    trainer.step = 1
+    trainer.model.train()
+    batch = first_batch(trainer)
+    out = trainer._forward(batch)
+    pending = trainer._pending
+    terms = trainer._consistency_terms(out, batch, pending)
+    energy = trainer.normalizers["energy"](out["energy"]).view(-1)  # denormalize: kcal/mol
+    forces = trainer.normalizers["forces"](out["forces"]).view(-1, 3)
+    std = float(trainer.normalizers["energy"].rmsd)
+    expected = PITCLoss(energy_scale=std)(
+        energy, forces, pending.displaced.energy, pending.displacement, batch.batch
+    ).mean()
+    assert std > 0.5  # real ethanol energies spread over more than a kcal/mol
+    assert float(terms["pitc"][1]) == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("direct_forces", [True, False], ids=["direct", "gradient"])
+def test_batched_and_sequential_forward_agree(data, tmp_path, direct_forces):
+    results = {}
+    for mode in ("batched", "sequential"):
+        config = tiny_config(
+            data, tmp_path / mode, {"method": "piwsl", "forward_mode": mode, "c_pisc": 0.5}, direct_forces=direct_forces
+        )
+        trainer = make_trainer(config)
+        trainer.step = 1
+        batch = first_batch(trainer)
+        loss = loss_at(trainer, batch, {"generator": torch.Generator().manual_seed(5).get_state()})
+        loss.backward()
+        grads = torch.cat([p.grad.view(-1) for p in trainer.model.parameters() if p.grad is not None])
+        results[mode] = (loss.detach(), grads)
+        del trainer
+        gc.collect()  # closes the LMDB before the next trainer opens it
+    assert torch.allclose(results["batched"][0], results["sequential"][0], rtol=1e-5)
+    batched, sequential = results["batched"][1], results["sequential"][1]
+    assert torch.allclose(batched, sequential, rtol=1e-4, atol=1e-5 * float(sequential.abs().max()))
+
+
+@pytest.mark.parametrize(
+    "section, term",
+    [
+        ({"method": "noisynode"}, None),
+        ({"method": "weak_label"}, "weak_label_loss"),
+        ({"method": "piwsl", "direction": "adversarial"}, "pisc_loss"),
+        ({"method": "piwsl", "pisc_variant": "eq16", "pointwise_loss": "mae"}, "pisc_loss"),
+        ({"method": "piwsl", "atom_fraction": 0.5, "displacement_form": "normalized"}, "pitc_loss"),
+    ],
+)
+def test_methods_and_options_train(data, tmp_path, section, term):
+    trainer = make_trainer(tiny_config(data, tmp_path, section))
+    trainer.train(disable_eval_tqdm=True)
+    assert trainer.step > 0
+    if term is not None:
+        assert term in trainer.metrics, trainer.metrics
+
+
+def test_warmup_keeps_consistency_terms_off(data, tmp_path):
+    trainer = make_trainer(tiny_config(data, tmp_path, {"method": "piwsl", "warmup_steps": 1000}))
+    trainer.train(disable_eval_tqdm=True)
+    assert "pitc_loss" not in trainer.metrics
+
+
+def test_energy_only_training_without_force_labels(tmp_path):
+    data = prepare_ethanol(tmp_path, energy_only=True)
+    config = tiny_config(data, tmp_path, {"method": "piwsl", "c_pitc": 0.1, "c_pisc": 0.01})
+    config["loss_functions"][1]["forces"]["coefficient"] = 0
+    config["dataset"]["train"]["transforms"]["normalizer"]["fit"]["targets"] = {"energy": {}}
+    trainer = make_trainer(config)
+    assert "forces" not in first_batch(trainer).keys()
+    assert [target for target, _ in trainer.loss_functions] == ["energy"]
+    trainer.train(disable_eval_tqdm=True)
+    metrics = trainer.validate("val", disable_tqdm=True)
+    assert metrics["forces_mae"]["metric"] > 0  # val keeps its force labels
+    assert "pitc_loss" in trainer.metrics and "pisc_loss" in trainer.metrics
+
+
+def test_missing_outputs_and_static_graphs_are_rejected(data, tmp_path):
+    config = tiny_config(data, tmp_path, {"method": "piwsl"})
+    config["model"]["otf_graph"] = False
+    with pytest.raises(ValueError, match="otf_graph"):
+        make_trainer(config)
