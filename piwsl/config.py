@@ -51,6 +51,9 @@ class PIWSLConfig:
         detach_target: stop the gradient through the Taylor side of each term (ablation).
         warmup_steps: optimizer steps of supervised-only training before the extra terms start.
         forward_mode: ``batched`` (S, S+dr, S+dr' through the model as one batch) or ``sequential``.
+        consistency_fraction: fraction of each batch's structures that get the extra terms, in (0, 1]
+            (at least one structure; a random subset each step).
+        consistency_every: apply the extra terms on every k-th optimizer step only (k >= 1).
         seed: seed of the displacement generator; ``None`` uses the run's seed.
     """
 
@@ -68,6 +71,8 @@ class PIWSLConfig:
     detach_target: bool = False
     warmup_steps: int = 0
     forward_mode: ForwardMode = "batched"
+    consistency_fraction: float = 1.0
+    consistency_every: int = 1
     seed: int | None = None
 
     @classmethod
@@ -112,6 +117,12 @@ class PIWSLConfig:
             )
         if not isinstance(self.atom_fraction, (int, float)) or not 0 < self.atom_fraction <= 1:
             raise PIWSLConfigError(f"{where}.atom_fraction = {self.atom_fraction!r}; allowed: 0 < value <= 1")
+        if not isinstance(self.consistency_fraction, (int, float)) or not 0 < self.consistency_fraction <= 1:
+            raise PIWSLConfigError(
+                f"{where}.consistency_fraction = {self.consistency_fraction!r}; allowed: 0 < value <= 1"
+            )
+        if not isinstance(self.consistency_every, int) or self.consistency_every < 1:
+            raise PIWSLConfigError(f"{where}.consistency_every = {self.consistency_every!r}; allowed: an integer >= 1")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise PIWSLConfigError(f"{where}.warmup_steps = {self.warmup_steps!r}; allowed: an integer >= 0")
         if self.seed is not None and not isinstance(self.seed, int):

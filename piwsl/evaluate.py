@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def load_trainer(checkpoint_path: Path, cpu: bool = True):
         local_rank=0,
         is_debug=True,
         cpu=cpu,
-        logger=None,
+        logger="tensorboard",
         inference_only=True,
     )
     trainer.load_checkpoint(str(checkpoint_path), checkpoint, inference_only=True)
@@ -63,7 +64,9 @@ def load_trainer(checkpoint_path: Path, cpu: bool = True):
 def evaluate(trainer, data_path: Path, batch_size: int = 32, progress: bool = True) -> Errors:
     """Predict every structure of the LMDB at ``data_path`` and compare with its labels."""
     dataset = LmdbDataset({"src": str(data_path)})
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=data_list_collater)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=partial(data_list_collater, otf_graph=True)
+    )
     trainer.model.eval()
     energy_sq = energy_abs = forces_sq = forces_abs = 0.0
     num_structures = num_components = 0

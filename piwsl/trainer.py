@@ -29,7 +29,7 @@ from fairchem.core.trainers import OCPTrainer
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from piwsl.batching import split_copies, stack_displaced_copies
+from piwsl.batching import select_structures, stack_geometries
 from piwsl.config import PIWSLConfig
 from piwsl.displacements import AdversarialDisplacementSampler, RandomDisplacementSampler
 from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss
@@ -48,8 +48,14 @@ class Geometry:
 
 @dataclass
 class DisplacedPredictions:
-    """What the consistency terms need beyond the original geometry's outputs."""
+    """What the consistency terms need beyond the original geometry's outputs.
 
+    ``subset`` lists the structures that got displaced copies (``None``: all of them) and
+    ``target`` is the batch of those structures, in whose atom order displacements are stored.
+    """
+
+    subset: Tensor | None
+    target: Batch
     displacement: Tensor
     displaced: Geometry
     displacement_prime: Tensor | None = None
@@ -125,11 +131,13 @@ class PIWSLTrainer(OCPTrainer):
 
     # ------------------------------------------------------------------ forward
     def _consistency_active(self) -> bool:
+        config = self.piwsl_config
         return (
-            self.piwsl_config.needs_displacements
+            config.needs_displacements
             and self.model.training
             and torch.is_grad_enabled()
-            and self.step > self.piwsl_config.warmup_steps
+            and self.step > config.warmup_steps
+            and self.step % config.consistency_every == 0
         )
 
     def _forward(self, batch: Batch) -> dict[str, Tensor]:
@@ -137,35 +145,57 @@ class PIWSLTrainer(OCPTrainer):
         if not self._consistency_active():
             return super()._forward(batch)
         batch = batch.to(self.device)
-        method = self.piwsl_config.method
-        if method == "noisynode":
-            shift = self._sample_random(batch)
-            noisy = stack_displaced_copies(batch, [shift])
-            return super()._forward(noisy)
-        needs_prime = method == "piwsl" and self.piwsl_config.c_pisc > 0
+        if self.piwsl_config.method == "noisynode":
+            return super()._forward(stack_geometries([(batch, self._sample_random(batch))]))
+        subset = self._choose_structures(batch)
+        target = batch if subset is None else select_structures(batch, subset)
         if self.piwsl_config.direction == "adversarial":
-            return self._forward_adversarial(batch, needs_prime)
-        displacement = self._sample_random(batch)
-        prime = self._sample_random(batch) if needs_prime else None
-        shifts = [None, displacement] + ([prime] if prime is not None else [])
-        outputs = self._forward_geometries(batch, shifts)
-        self._pending = self._pack(batch, displacement, prime, outputs[1:])
-        return outputs[0]
+            out, displacement = self._forward_adversarial(batch, subset, target)
+            parts = []
+        else:
+            displacement = self._sample_random(target)
+            parts = [(batch, None)]
+        parts.append((target, displacement))
+        prime = self._sample_random(target) if self._needs_prime else None
+        if prime is not None:
+            parts.append((target, prime))
+        outputs = self._forward_geometries(parts)
+        if parts[0][1] is None:
+            out = outputs.pop(0)
+        displaced = self._physical(target, outputs[0])
+        displaced_prime = self._physical(target, outputs[1]) if prime is not None else None
+        self._pending = DisplacedPredictions(subset, target, displacement, displaced, prime, displaced_prime)
+        return out
 
-    def _forward_adversarial(self, batch: Batch, needs_prime: bool) -> dict[str, Tensor]:
+    @property
+    def _needs_prime(self) -> bool:
+        return self.piwsl_config.method == "piwsl" and self.piwsl_config.c_pisc > 0
+
+    def _choose_structures(self, batch: Batch) -> Tensor | None:
+        """Sorted indices of the structures that get consistency terms, or ``None`` for all."""
+        fraction = self.piwsl_config.consistency_fraction
+        num_structures = int(batch.natoms.numel())
+        count = max(1, round(fraction * num_structures))
+        if count >= num_structures:
+            return None
+        order = torch.randperm(num_structures, generator=self.random_sampler.generator)
+        return order[:count].sort().values.to(batch.batch.device)
+
+    def _forward_adversarial(
+        self, batch: Batch, subset: Tensor | None, target: Batch
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Outputs at ``S`` and adversarial displacements (Eq. 10) of the ``target`` structures."""
         labels_have_forces = FORCES_KEY in batch.keys()
         if not labels_have_forces:
             batch.pos.requires_grad_(True)
         out = super()._forward(batch)
         direction = self._adversarial_direction(batch, out, labels_have_forces)
+        if subset is not None:
+            direction = direction[torch.isin(batch.batch, subset)]
         displacement = self.adversarial_sampler.sample(
-            direction, batch.batch, batch.natoms.numel(), getattr(batch, "fixed", None)
+            direction, target.batch, int(target.natoms.numel()), getattr(target, "fixed", None)
         )
-        prime = self._sample_random(batch) if needs_prime else None
-        shifts = [displacement] + ([prime] if prime is not None else [])
-        displaced_outputs = self._forward_geometries(batch, shifts)
-        self._pending = self._pack(batch, displacement, prime, displaced_outputs)
-        return out
+        return out, displacement
 
     def _adversarial_direction(self, batch: Batch, out: dict[str, Tensor], labels_have_forces: bool) -> Tensor:
         """Gradient of ``|E - E_ref|`` with respect to positions (Eq. 10), detached."""
@@ -178,14 +208,17 @@ class PIWSLTrainer(OCPTrainer):
         (gradient,) = torch.autograd.grad(error, batch.pos, retain_graph=True)
         return gradient.detach()
 
-    def _forward_geometries(self, batch: Batch, shifts: list[Tensor | None]) -> list[dict[str, Tensor]]:
-        """Model outputs (normalized, as fairchem's ``_forward`` returns them) at each displaced geometry."""
+    def _forward_geometries(self, parts: list[tuple[Batch, Tensor | None]]) -> list[dict[str, Tensor]]:
+        """Model outputs (normalized, as fairchem's ``_forward`` returns them) at each geometry."""
         if self.piwsl_config.forward_mode == "sequential":
-            return [super(PIWSLTrainer, self)._forward(stack_displaced_copies(batch, [s])) for s in shifts]
-        stacked = super()._forward(stack_displaced_copies(batch, shifts))
-        copies = len(shifts)
-        pieces = {key: split_copies(value, copies) for key, value in stacked.items()}
-        return [{key: pieces[key][k] for key in pieces} for k in range(copies)]
+            return [super(PIWSLTrainer, self)._forward(stack_geometries([part])) for part in parts]
+        stacked = super()._forward(stack_geometries(parts))
+        sizes = {
+            "system": [int(part.natoms.numel()) for part, _ in parts],
+            "atom": [int(part.pos.shape[0]) for part, _ in parts],
+        }
+        pieces = {key: value.split(sizes[self.output_targets[key]["level"]]) for key, value in stacked.items()}
+        return [{key: pieces[key][k] for key in pieces} for k in range(len(parts))]
 
     def _sample_random(self, batch: Batch) -> Tensor:
         return self.random_sampler.sample(
@@ -197,17 +230,6 @@ class PIWSLTrainer(OCPTrainer):
         energy = self._denorm_preds(ENERGY_KEY, out[ENERGY_KEY], batch).view(-1)
         forces = self._denorm_preds(FORCES_KEY, out[FORCES_KEY], batch).view(-1, 3)
         return Geometry(energy=energy, forces=forces)
-
-    def _pack(
-        self,
-        batch: Batch,
-        displacement: Tensor,
-        prime: Tensor | None,
-        displaced_outputs: list[dict[str, Tensor]],
-    ) -> DisplacedPredictions:
-        displaced = self._physical(batch, displaced_outputs[0])
-        displaced_prime = self._physical(batch, displaced_outputs[1]) if prime is not None else None
-        return DisplacedPredictions(displacement, displaced, prime, displaced_prime)
 
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, out: dict[str, Tensor], batch: Batch) -> Tensor:
@@ -228,19 +250,23 @@ class PIWSLTrainer(OCPTrainer):
     ) -> dict[str, tuple[float, Tensor]]:
         """Weighted, batch-reduced consistency terms: name -> (weight, value)."""
         config = self.piwsl_config
-        index = batch.batch
+        target = pending.target
+        index = target.batch
         if config.method == "weak_label":
-            if FORCES_KEY not in batch.keys():
+            if FORCES_KEY not in target.keys():
                 raise ValueError("the weak_label method needs force labels in the training set")
             per_structure = self.weak_label_loss(
                 pending.displaced.energy,
-                batch[ENERGY_KEY].view(-1),
-                batch[FORCES_KEY].view(-1, 3),
+                target[ENERGY_KEY].view(-1),
+                target[FORCES_KEY].view(-1, 3),
                 pending.displacement,
                 index,
             )
             return {"weak_label": (config.c_weak_label, self._reduce(per_structure))}
         original = self._physical(batch, out)
+        if pending.subset is not None:
+            atoms = torch.isin(batch.batch, pending.subset)
+            original = Geometry(energy=original.energy[pending.subset], forces=original.forces[atoms])
         terms: dict[str, tuple[float, Tensor]] = {}
         if config.c_pitc > 0:
             pitc = self.pitc_loss(

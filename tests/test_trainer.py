@@ -79,13 +79,13 @@ def test_consistency_terms_are_formed_in_physical_units(data, tmp_path):
     assert float(terms["pitc"][1]) == pytest.approx(float(expected), rel=1e-6)
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
 @pytest.mark.parametrize("direct_forces", [True, False], ids=["direct", "gradient"])
-def test_batched_and_sequential_forward_agree(data, tmp_path, direct_forces):
+def test_batched_and_sequential_forward_agree(data, tmp_path, direct_forces, fraction):
     results = {}
     for mode in ("batched", "sequential"):
-        config = tiny_config(
-            data, tmp_path / mode, {"method": "piwsl", "forward_mode": mode, "c_pisc": 0.5}, direct_forces=direct_forces
-        )
+        section = {"method": "piwsl", "forward_mode": mode, "c_pisc": 0.5, "consistency_fraction": fraction}
+        config = tiny_config(data, tmp_path / mode, section, direct_forces=direct_forces)
         trainer = make_trainer(config)
         trainer.step = 1
         batch = first_batch(trainer)
@@ -116,6 +116,23 @@ def test_methods_and_options_train(data, tmp_path, section, term):
     assert trainer.step > 0
     if term is not None:
         assert term in trainer.metrics, trainer.metrics
+
+
+def test_consistency_fraction_and_every_kth_step(data, tmp_path):
+    section = {"method": "piwsl", "consistency_fraction": 0.5, "consistency_every": 2}
+    trainer = make_trainer(tiny_config(data, tmp_path, section))
+    trainer.model.train()
+    batch = first_batch(trainer)
+    trainer.step = 1
+    trainer._forward(copy.deepcopy(batch))
+    assert trainer._pending is None
+    trainer.step = 2
+    out = trainer._forward(copy.deepcopy(batch))
+    pending = trainer._pending
+    assert pending.subset.numel() == 2 and int(pending.target.natoms.numel()) == 2
+    assert pending.displacement.shape == (int(pending.target.natoms.sum()), 3)
+    terms = trainer._consistency_terms(out, batch, pending)
+    assert set(terms) == {"pitc", "pisc"} and all(torch.isfinite(v) for _, v in terms.values())
 
 
 def test_warmup_keeps_consistency_terms_off(data, tmp_path):

@@ -1,0 +1,198 @@
+"""Time training steps: supervised only vs PIWSL sequential vs PIWSL batched, on the same real batches.
+
+All variants run in one process and are timed round-robin (one step of each in turn), so that a
+noisy machine slows them alike; the ratios PIWSL/baseline and batched/sequential are medians over
+``--steps`` timed steps after ``--warmup`` untimed ones. Memory: the bytes autograd saves for the
+backward pass (activations) per step on CPU, and the peak allocated memory on a GPU.
+
+Example: python scripts/benchmark_step.py --model painn_small --batch-size 8 --steps 30 --json step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from fairchem.core.common.utils import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "supervised": {"method": "baseline"},
+    "piwsl_sequential": {"method": "piwsl", "forward_mode": "sequential"},
+    "piwsl_batched": {"method": "piwsl", "forward_mode": "batched"},
+}
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="painn_small", help="model config name under configs/models/ (no .yml)")
+    parser.add_argument(
+        "--force-mode", choices=["direct", "gradient"], default=None, help="force head (default: the config's)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="structures per training batch")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per variant (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per variant before timing")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "data/rmd17_aspirin_gfn2xtb_500K.npz",
+        help="rMD17-format npz with the real molecules to batch (default: bundled GFN2-xTB aspirin)",
+    )
+    parser.add_argument(
+        "--devices", default=None, help="comma-separated devices, e.g. cpu,cuda (default: cpu, plus cuda if present)"
+    )
+    parser.add_argument("--piwsl", default="{}", help="extra piwsl settings for the PIWSL variants, as YAML/JSON")
+    parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
+    return parser
+
+
+def make_config(args: argparse.Namespace, data_dir: Path, run_dir: Path, section: dict) -> dict:
+    config, _, _ = load_config(ROOT / "configs/demo/aspirin_painn_baseline.yml")
+    model_config, _, _ = load_config(ROOT / f"configs/models/{args.model}.yml")
+    config = copy.deepcopy(config)
+    config["model"] = model_config["model"]
+    config["optim"].update({k: v for k, v in model_config.get("optim", {}).items()})
+    if args.force_mode is not None:
+        config["model"]["direct_forces"] = args.force_mode == "direct"
+    config["piwsl"] = section
+    config["dataset"]["train"]["src"] = str(data_dir / "train")
+    config["dataset"]["val"]["src"] = str(data_dir / "val")
+    config["optim"].update({"batch_size": args.batch_size, "max_epochs": 1, "ema_decay": None})
+    config.update({"run_dir": str(run_dir), "identifier": "bench", "timestamp_id": "bench", "seed": 0})
+    return config
+
+
+class SavedTensorMeter:
+    """Sums the bytes autograd saves for backward while active (activation memory of a step)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._seen: set[int] = set()
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.bytes += storage.nbytes()
+        return tensor
+
+    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor)
+
+
+def training_step(trainer, batch, meter: SavedTensorMeter | None = None) -> None:
+    trainer.model.train()
+    trainer.step += 1
+    if meter is None:
+        loss = trainer._compute_loss(trainer._forward(batch), batch)
+    else:
+        with meter.hooks():
+            loss = trainer._compute_loss(trainer._forward(batch), batch)
+    trainer._backward(loss)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def benchmark_device(args: argparse.Namespace, device: str, data_dir: Path, work: Path) -> dict:
+    from piwsl.cli import build_trainer
+
+    cpu = device == "cpu"
+    extra = yaml.safe_load(args.piwsl) or {}
+    trainers = {}
+    for name, section in VARIANTS.items():
+        section = section | (extra if section["method"] == "piwsl" else {})
+        copy_of_data = work / f"{device}-{name}" / "data"  # LMDB allows one open environment per process
+        shutil.copytree(data_dir, copy_of_data)
+        trainers[name] = build_trainer(make_config(args, copy_of_data, work / f"{device}-{name}", section), cpu=cpu)
+    batches = [batch.to(trainers["supervised"].device) for batch in trainers["supervised"].train_loader]
+    times = {name: [] for name in trainers}
+    for step in range(args.warmup + args.steps):
+        batch = batches[step % len(batches)]
+        for name, trainer in trainers.items():
+            synchronize(device)
+            start = time.perf_counter()
+            training_step(trainer, batch)
+            synchronize(device)
+            if step >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    result = {"device": device, "variants": {}}
+    for name, trainer in trainers.items():
+        meter = SavedTensorMeter()
+        if not cpu:
+            torch.cuda.reset_peak_memory_stats()
+        training_step(trainer, batches[0], meter)
+        result["variants"][name] = {
+            "median_step_s": statistics.median(times[name]),
+            "saved_activations_mb": meter.bytes / 2**20,
+            "peak_gpu_mb": None if cpu else torch.cuda.max_memory_allocated() / 2**20,
+        }
+    variants = result["variants"]
+    baseline = variants["supervised"]["median_step_s"]
+    result["ratios"] = {
+        "piwsl_batched/supervised": variants["piwsl_batched"]["median_step_s"] / baseline,
+        "piwsl_sequential/supervised": variants["piwsl_sequential"]["median_step_s"] / baseline,
+        "batched/sequential": variants["piwsl_batched"]["median_step_s"]
+        / variants["piwsl_sequential"]["median_step_s"],
+    }
+    return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    from piwsl.data.formats import read_rmd17
+    from piwsl.data.prepare import prepare_dataset
+
+    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    logging.disable(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        structures = read_rmd17(args.data)
+        count = args.batch_size * 4
+        prepare_dataset(structures[: count + 4], work / "data", count, 2, 2, 0, args.data, "rmd17")
+        results = [benchmark_device(args, device, work / "data", work) for device in devices]
+    summary = {
+        "model": args.model,
+        "force_mode": args.force_mode or "config",
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "data": str(args.data),
+        "results": results,
+    }
+    print(f"model {args.model}, forces {summary['force_mode']}, batch {args.batch_size}, {args.steps} steps")
+    print(
+        f"{'device':8s} {'variant':18s} {'median step (ms)':>17s} {'saved activations (MB)':>23s} {'peak GPU (MB)':>14s}"
+    )
+    for result in results:
+        for name, variant in result["variants"].items():
+            gpu = "-" if variant["peak_gpu_mb"] is None else f"{variant['peak_gpu_mb']:.0f}"
+            print(
+                f"{result['device']:8s} {name:18s} {1000 * variant['median_step_s']:17.1f} "
+                f"{variant['saved_activations_mb']:23.1f} {gpu:>14s}"
+            )
+        ratios = ", ".join(f"{k} = {v:.2f}" for k, v in result["ratios"].items())
+        print(f"{result['device']:8s} ratios: {ratios}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(get_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
