@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from functools import partial
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch

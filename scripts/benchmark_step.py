@@ -173,14 +173,14 @@ def run(args: argparse.Namespace) -> dict:
     }
     print(f"model {args.model}, forces {summary['force_mode']}, batch {args.batch_size}, {args.steps} steps")
     print(
-        f"{'device':8s} {'variant':18s} {'median step (ms)':>17s} {'saved activations (MB)':>23s} {'peak GPU (MB)':>14s}"
+        f"{'device':8s} {'variant':18s} {'median step (ms)':>17s} {'activations (MB)':>17s} {'peak GPU (MB)':>14s}"
     )
     for result in results:
         for name, variant in result["variants"].items():
             gpu = "-" if variant["peak_gpu_mb"] is None else f"{variant['peak_gpu_mb']:.0f}"
             print(
                 f"{result['device']:8s} {name:18s} {1000 * variant['median_step_s']:17.1f} "
-                f"{variant['saved_activations_mb']:23.1f} {gpu:>14s}"
+                f"{variant['saved_activations_mb']:17.1f} {gpu:>14s}"
             )
         ratios = ", ".join(f"{k} = {v:.2f}" for k, v in result["ratios"].items())
         print(f"{result['device']:8s} ratios: {ratios}")
