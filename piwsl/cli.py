@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import logging
 import shutil
 import sys
@@ -22,12 +24,34 @@ from fairchem.core.common import distutils
 from fairchem.core.common.flags import Flags
 from fairchem.core.common.registry import registry
 from fairchem.core.common.utils import build_config, save_experiment_log, setup_imports, setup_logging
+from submitit.helpers import DelayedSubmission
 
 import piwsl  # noqa: F401  (registers the "piwsl" trainer)
+from piwsl.checkpointing import CheckpointError
 from piwsl.config import PIWSLConfig, PIWSLConfigError
+from piwsl.dataset_checks import DatasetError, check_disjoint, check_readable, check_units
 
 #: Top-level keys of our configs that fairchem does not know and main.py consumes.
 PREPARATION_KEY = "dataset_preparation"
+UNITS_KEY = "units"
+#: Config keys that name where and how a run executes, not what it computes.
+_RUN_KEYS = (
+    "timestamp_id",
+    "checkpoint",
+    "run_dir",
+    "submit",
+    "summit",
+    "slurm",
+    "local_rank",
+    "world_size",
+    "distributed_backend",
+    "print_every",
+    "is_debug",
+    "mode",
+    "cpu",
+    "gp_gpus",
+    "amp",
+)
 
 
 class ConfigError(ValueError):
@@ -37,10 +61,16 @@ class ConfigError(ValueError):
 class PIWSLRunner(Runner):
     """fairchem's runner; unpickled in SLURM jobs and DDP workers, where importing this module registers piwsl."""
 
-    def checkpoint(self, *args: Any, **kwargs: Any):
-        submission = super().checkpoint(*args, **kwargs)
-        submission.function = PIWSLRunner()
-        return submission
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        """On SLURM pre-emption, requeue the same run; it resumes from its last step-boundary checkpoint.
+
+        fairchem's runner saves here, from a signal handler that may interrupt a step half-way;
+        the trainer's own boundary checkpoints are consistent, so we only point the new job at them.
+        """
+        self.config["timestamp_id"] = self.trainer.timestamp_id
+        self.config["checkpoint"] = None
+        logging.info(f"pre-empted: requeueing run {self.config['timestamp_id']} to resume from its checkpoint")
+        return DelayedSubmission(PIWSLRunner(), self.config)
 
 
 def run_config(config: dict) -> None:
@@ -96,6 +126,7 @@ def prepare_config(config: dict) -> dict:
     """Check the piwsl section and dataset paths, and put the section where the trainer reads it."""
     config = copy.deepcopy(config)
     preparation = config.pop(PREPARATION_KEY, None)
+    units = config.pop(UNITS_KEY, None)
     section = config.pop("piwsl", None)
     optim = config.setdefault("optim", {})
     if section is not None and "piwsl" in optim:
@@ -105,20 +136,51 @@ def prepare_config(config: dict) -> dict:
     if config.get("trainer", "piwsl") == "piwsl" or "piwsl" in optim:
         PIWSLConfig.from_dict(optim.get("piwsl"), where="piwsl")
     if config.get("mode", "train") == "train":
-        check_datasets(config, preparation)
+        check_datasets(config, preparation, units)
+    if config.get("timestamp_id") is None:
+        config["timestamp_id"] = run_id(config)
     return config
 
 
-def check_datasets(config: dict, preparation: str | None) -> None:
-    """Fail in one line when a dataset path in the config does not exist."""
+def run_id(config: dict) -> str:
+    """A run id fixed by what the run computes, so that rerunning a command resumes it.
+
+    fairchem derives ids from the clock; ours is ``<identifier>-<hash of the config>``, so the
+    same command finds its own ``checkpoint.pt`` and continues, and any change of settings
+    (seed included) starts a new run.
+    """
+    content = {key: value for key, value in config.items() if key not in _RUN_KEYS}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{config.get('identifier') or 'run'}-{digest}"
+
+
+def check_datasets(config: dict, preparation: str | None, units: dict[str, str] | None) -> None:
+    """Fail in one line when a dataset is missing, unreadable, in other units, or overlaps training."""
     datasets = config.get("dataset", {})
     splits = datasets.items() if isinstance(datasets, dict) and "train" in datasets else [("train", datasets)]
+    sources = {}
     for split, settings in splits:
         source = (settings or {}).get("src") if isinstance(settings, dict) else None
-        if source is None or Path(source).exists():
+        if source is None:
             continue
-        hint = f"; prepare it with: {' '.join(preparation.split())}" if preparation else ""
-        raise ConfigError(f"{split} dataset not found: {source}{hint}")
+        if not Path(source).exists():
+            hint = f"; prepare it with: {' '.join(preparation.split())}" if preparation else ""
+            raise ConfigError(f"{split} dataset not found: {source}{hint}")
+        if (settings or {}).get("format", datasets.get("train", {}).get("format", "lmdb")) != "lmdb":
+            continue
+        try:
+            check_readable(Path(source))
+            if units:
+                check_units(Path(source), units)
+        except DatasetError as error:
+            raise ConfigError(f"{split} dataset: {error}") from error
+        sources[split] = Path(source)
+    for split in ("val", "test"):
+        if "train" in sources and split in sources and sources[split] != sources["train"]:
+            try:
+                check_disjoint(sources["train"], sources[split], split)
+            except DatasetError as error:
+                raise ConfigError(str(error)) from error
 
 
 def submit(args: argparse.Namespace, config: dict) -> None:
@@ -174,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = get_parser().parse_known_args(argv)
     try:
         run(args, overrides)
-    except (ConfigError, PIWSLConfigError) as error:
+    except (ConfigError, PIWSLConfigError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -54,6 +54,10 @@ class PIWSLConfig:
         consistency_fraction: fraction of each batch's structures that get the extra terms, in (0, 1]
             (at least one structure; a random subset each step).
         consistency_every: apply the extra terms on every k-th optimizer step only (k >= 1).
+        min_distance: redraw a displacement that brings two atoms of a structure closer than this, Å
+            (0 disables the check).
+        max_nonfinite_steps: stop training after this many consecutive steps whose displaced
+            geometries gave non-finite energies or forces (their terms are dropped until then).
         seed: seed of the displacement generator; ``None`` uses the run's seed.
     """
 
@@ -73,6 +77,8 @@ class PIWSLConfig:
     forward_mode: ForwardMode = "batched"
     consistency_fraction: float = 1.0
     consistency_every: int = 1
+    min_distance: float = 0.5
+    max_nonfinite_steps: int = 50
     seed: int | None = None
 
     @classmethod
@@ -123,6 +129,12 @@ class PIWSLConfig:
             )
         if not isinstance(self.consistency_every, int) or self.consistency_every < 1:
             raise PIWSLConfigError(f"{where}.consistency_every = {self.consistency_every!r}; allowed: an integer >= 1")
+        if not isinstance(self.min_distance, (int, float)) or self.min_distance < 0:
+            raise PIWSLConfigError(f"{where}.min_distance = {self.min_distance!r} Å; allowed: a number >= 0")
+        if not isinstance(self.max_nonfinite_steps, int) or self.max_nonfinite_steps < 1:
+            raise PIWSLConfigError(
+                f"{where}.max_nonfinite_steps = {self.max_nonfinite_steps!r}; allowed: an integer >= 1"
+            )
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise PIWSLConfigError(f"{where}.warmup_steps = {self.warmup_steps!r}; allowed: an integer >= 0")
         if self.seed is not None and not isinstance(self.seed, int):

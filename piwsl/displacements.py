@@ -129,3 +129,53 @@ class AdversarialDisplacementSampler(DisplacementSampler):
             direction = direction * rescale[cpu_index].unsqueeze(-1)
         displacement = self._scale(direction, moving, cpu_index, magnitudes * signs)
         return displacement.to(device=device, dtype=dtype)
+
+
+def close_contacts(
+    positions: Tensor,
+    displacement: Tensor,
+    batch_index: Tensor,
+    natoms: Tensor,
+    cell: Tensor,
+    pbc: Tensor,
+    min_distance: float,
+) -> Tensor:
+    """Per structure (B,): does ``displacement`` bring two of its atoms closer than ``min_distance`` (Å)?
+
+    Pairs that were already that close before displacing do not count. Periodic structures use the
+    minimum-image convention in fractional coordinates (exact for cells wider than twice the
+    distance checked). Cost: one distance per pair of atoms within a structure.
+    """
+    counts = natoms.long()
+    starts = torch.cumsum(counts, 0) - counts
+    pair_counts = counts * counts
+    pair_structure = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), pair_counts)
+    local = torch.arange(int(pair_counts.sum()), device=counts.device) - torch.repeat_interleave(
+        torch.cumsum(pair_counts, 0) - pair_counts, pair_counts
+    )
+    size = counts[pair_structure]
+    first = starts[pair_structure] + local // size
+    second = starts[pair_structure] + local % size
+    keep = first < second
+    first, second, pair_structure = first[keep], second[keep], pair_structure[keep]
+    cells = cell.view(-1, 3, 3).to(positions.dtype)
+    periodic = pbc.view(-1, 3).bool()
+    identity = torch.eye(3, dtype=positions.dtype, device=positions.device).expand_as(cells)
+    usable = periodic.any(-1).view(-1, 1, 1)
+    inverse = torch.linalg.inv(torch.where(usable, cells, identity))
+
+    def pair_distances(coordinates: Tensor) -> Tensor:
+        vectors = coordinates[second] - coordinates[first]
+        fractional = torch.einsum("pi,pij->pj", vectors, inverse[pair_structure])
+        wrap = periodic[pair_structure].to(vectors.dtype)
+        fractional = fractional - wrap * torch.round(fractional)
+        wrapped = torch.einsum("pj,pji->pi", fractional, torch.where(usable, cells, identity)[pair_structure])
+        vectors = torch.where(usable[pair_structure].view(-1, 1), wrapped, vectors)
+        return vectors.norm(dim=-1)
+
+    with torch.no_grad():
+        before = pair_distances(positions)
+        after = pair_distances(positions + displacement)
+    violation = (after < min_distance) & (before >= min_distance)
+    flagged = torch.zeros(len(counts), dtype=torch.bool, device=positions.device)
+    return flagged.index_put((pair_structure[violation],), torch.ones_like(pair_structure[violation], dtype=torch.bool))

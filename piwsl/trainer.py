@@ -30,11 +30,19 @@ from torch import Tensor
 from torch_geometric.data import Batch
 
 from piwsl.batching import select_structures, stack_geometries
-from piwsl.config import PIWSLConfig
-from piwsl.displacements import AdversarialDisplacementSampler, RandomDisplacementSampler
+from piwsl.checkpointing import ResumableTraining
+from piwsl.config import PIWSLConfig, PIWSLConfigError
+from piwsl.displacements import (
+    AdversarialDisplacementSampler,
+    DisplacementSampler,
+    RandomDisplacementSampler,
+    close_contacts,
+)
 from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss
 
 ENERGY_KEY = "energy"
+#: Attempts to redraw a displacement that brings two atoms too close, before giving up on it.
+MAX_REDRAWS = 10
 FORCES_KEY = "forces"
 
 
@@ -63,7 +71,7 @@ class DisplacedPredictions:
 
 
 @registry.register_trainer("piwsl")
-class PIWSLTrainer(OCPTrainer):
+class PIWSLTrainer(ResumableTraining, OCPTrainer):
     """OCP trainer with PITC/PISC consistency losses, NoisyNode and weak-label baselines."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -95,6 +103,10 @@ class PIWSLTrainer(OCPTrainer):
             "energy_scale": self.energy_scale,
             "detach_target": self.piwsl_config.detach_target,
         }
+        self._setup_checkpoints()
+        self._check_labels()
+        self._nonfinite_steps = 0
+        self._consecutive_nonfinite_steps = 0
         self.pitc_loss = PITCLoss(**common)
         self.pisc_loss = PISCLoss(**common, variant=self.piwsl_config.pisc_variant)
         self.weak_label_loss = WeakLabelLoss(**common)
@@ -108,6 +120,41 @@ class PIWSLTrainer(OCPTrainer):
             raise ValueError(f"the piwsl trainer needs model outputs named {missing} in the config's 'outputs' section")
         if self.piwsl_config.needs_displacements and not self.config["model"].get("otf_graph", False):
             raise ValueError("displaced structures need neighbour lists rebuilt on the fly: set model.otf_graph: True")
+
+    def _check_labels(self) -> None:
+        """Fail before training when the training set lacks labels that the loss or method needs."""
+        dataset = getattr(self, "train_dataset", None)
+        if dataset is None or len(dataset) == 0:
+            return
+        labels = set(dataset[0].keys())
+        source = self.config["dataset"].get("src")
+        for target, info in self.loss_functions:
+            if target not in labels:
+                raise PIWSLConfigError(
+                    f"loss_functions.{target}.coefficient = {info.get('coefficient', 1)} but the training set "
+                    f"{source} has no '{target}' labels; set the coefficient to 0 (e.g. energy-only training)"
+                )
+        config = self.piwsl_config
+        if config.method == "weak_label" and FORCES_KEY not in labels:
+            raise PIWSLConfigError(f"piwsl.method = 'weak_label' needs force labels, which {source} lacks")
+        if config.direction == "adversarial":
+            if config.method in ("baseline", "noisynode"):
+                raise PIWSLConfigError(
+                    f"piwsl.direction = 'adversarial' with method {config.method!r}: adversarial displacements "
+                    "apply to methods 'piwsl' and 'weak_label'"
+                )
+            if ENERGY_KEY not in labels:
+                raise PIWSLConfigError(f"piwsl.direction = 'adversarial' needs energy labels, which {source} lacks")
+            if not self.config["model"].get("regress_forces", True):
+                raise PIWSLConfigError(
+                    "piwsl.direction = 'adversarial' needs forces or position gradients: set model.regress_forces"
+                )
+
+    def displacement_samplers(self) -> dict[str, DisplacementSampler]:
+        samplers = {"random": self.random_sampler}
+        if self.adversarial_sampler is not None:
+            samplers["adversarial"] = self.adversarial_sampler
+        return samplers
 
     def _apply_max_steps(self) -> None:
         """``optim.max_steps`` (fairchem counts epochs only): train ceil(max_steps / batches) epochs."""
@@ -142,6 +189,8 @@ class PIWSLTrainer(OCPTrainer):
 
     def _forward(self, batch: Batch) -> dict[str, Tensor]:
         self._pending = None
+        if self.model.training and torch.is_grad_enabled():
+            self._at_step_boundary()
         if not self._consistency_active():
             return super()._forward(batch)
         batch = batch.to(self.device)
@@ -221,9 +270,29 @@ class PIWSLTrainer(OCPTrainer):
         return [{key: pieces[key][k] for key in pieces} for k in range(len(parts))]
 
     def _sample_random(self, batch: Batch) -> Tensor:
-        return self.random_sampler.sample(
-            batch.batch, batch.natoms.numel(), getattr(batch, "fixed", None), batch.pos.dtype
-        )
+        """Random displacements, redrawn for structures where two atoms come closer than ``min_distance``."""
+        num_structures = int(batch.natoms.numel())
+        fixed = getattr(batch, "fixed", None)
+        displacement = self.random_sampler.sample(batch.batch, num_structures, fixed, batch.pos.dtype)
+        min_distance = self.piwsl_config.min_distance
+        if min_distance <= 0:
+            return displacement
+        for _ in range(MAX_REDRAWS):
+            bad = close_contacts(
+                batch.pos, displacement, batch.batch, batch.natoms, batch.cell, batch.pbc, min_distance
+            )
+            if not bad.any():
+                return displacement
+            redraw = self.random_sampler.sample(batch.batch, num_structures, fixed, batch.pos.dtype)
+            displacement = torch.where(bad[batch.batch].unsqueeze(-1), redraw, displacement)
+        bad = close_contacts(batch.pos, displacement, batch.batch, batch.natoms, batch.cell, batch.pbc, min_distance)
+        if bad.any():
+            logging.warning(
+                f"{int(bad.sum())} structure(s) kept atoms closer than {min_distance} Å after {MAX_REDRAWS} "
+                "redraws; they are not displaced this step"
+            )
+            displacement = displacement * (~bad[batch.batch]).unsqueeze(-1)
+        return displacement
 
     def _physical(self, batch: Batch, out: dict[str, Tensor]) -> Geometry:
         """Denormalized energies (B,) and forces (N, 3) of one geometry."""
@@ -238,12 +307,43 @@ class PIWSLTrainer(OCPTrainer):
         if pending is None:
             return supervised
         terms = self._consistency_terms(out, batch, pending)
+        if not self._all_finite(pending, terms):
+            return self._drop_consistency_terms(batch, supervised)
+        self._consecutive_nonfinite_steps = 0
         total = supervised
         self._log_term("supervised_loss", supervised)
         for name, (weight, value) in terms.items():
             total = total + weight * value
             self._log_term(f"{name}_loss", value)
         return total
+
+    @staticmethod
+    def _all_finite(pending: DisplacedPredictions, terms: dict[str, tuple[float, Tensor]]) -> bool:
+        values = [pending.displaced.energy, pending.displaced.forces] + [value for _, value in terms.values()]
+        if pending.displaced_prime is not None:
+            values += [pending.displaced_prime.energy, pending.displaced_prime.forces]
+        return bool(torch.stack([torch.isfinite(v).all() for v in values]).all())
+
+    def _drop_consistency_terms(self, batch: Batch, supervised: Tensor) -> Tensor:
+        """The supervised loss alone, from a forward that never saw the non-finite displaced geometries."""
+        self._nonfinite_steps += 1
+        self._consecutive_nonfinite_steps += 1
+        limit = self.piwsl_config.max_nonfinite_steps
+        logging.warning(
+            f"step {self.step}: non-finite energy or force at a displaced geometry; consistency terms dropped "
+            f"({self._nonfinite_steps} step(s) so far, {self._consecutive_nonfinite_steps} in a row)"
+        )
+        if self._consecutive_nonfinite_steps >= limit:
+            raise FloatingPointError(
+                f"non-finite predictions at displaced geometries in {limit} consecutive steps (piwsl."
+                "max_nonfinite_steps); lower piwsl.max_displacement or check the model's stability"
+            )
+        self._log_term("nonfinite_steps", torch.tensor(float(self._nonfinite_steps)))
+        if self.piwsl_config.forward_mode == "sequential":
+            return supervised  # its graph never touched the displaced copies
+        # In the stacked batch, NaN activations of the displaced copies would poison weight gradients
+        # (0 * NaN) even though the supervised loss does not use them: redo the forward without them.
+        return super()._compute_loss(super()._forward(batch), batch)
 
     def _consistency_terms(
         self, out: dict[str, Tensor], batch: Batch, pending: DisplacedPredictions
@@ -253,8 +353,6 @@ class PIWSLTrainer(OCPTrainer):
         target = pending.target
         index = target.batch
         if config.method == "weak_label":
-            if FORCES_KEY not in target.keys():
-                raise ValueError("the weak_label method needs force labels in the training set")
             per_structure = self.weak_label_loss(
                 pending.displaced.energy,
                 target[ENERGY_KEY].view(-1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 from pathlib import Path
 
 from fairchem.core.common.utils import load_config
@@ -50,4 +51,6 @@ def tiny_config(data: Path, run_dir: Path, piwsl: dict, **model_overrides) -> di
 
 
 def make_trainer(config: dict, **overrides):
+    """A trainer from ``config``; collects dead trainers first (LMDB allows one open environment per file)."""
+    gc.collect()
     return build_trainer(config, **overrides)
