@@ -80,38 +80,41 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         self._pending: DisplacedPredictions | None = None
         super().__init__(*args, **kwargs)
         self.metrics: dict = {}
+        self._nonfinite_steps = 0
+        self._consecutive_nonfinite_steps = 0
         self._check_outputs()
+        self._check_labels()
         self._apply_max_steps()
-        seed = self.piwsl_config.seed
-        if seed is None:
-            seed = int(self.config["cmd"].get("seed") or 0)
-        # Different ranks must draw different displacements for their different structures.
-        seed += 7919 * distutils.get_rank()
-        sampler_settings = {
-            "max_displacement": self.piwsl_config.max_displacement,
-            "form": self.piwsl_config.displacement_form,
-            "atom_fraction": self.piwsl_config.atom_fraction,
-        }
-        self.random_sampler = RandomDisplacementSampler(**sampler_settings, seed=seed)
-        self.adversarial_sampler = (
-            AdversarialDisplacementSampler(**sampler_settings, seed=seed + 1)
-            if self.piwsl_config.direction == "adversarial"
-            else None
-        )
+        self._build_samplers()
+        self._setup_checkpoints()
         common = {
             "loss": self.piwsl_config.pointwise_loss,
             "energy_scale": self.energy_scale,
             "detach_target": self.piwsl_config.detach_target,
         }
-        self._setup_checkpoints()
-        self._check_labels()
-        self._nonfinite_steps = 0
-        self._consecutive_nonfinite_steps = 0
         self.pitc_loss = PITCLoss(**common)
         self.pisc_loss = PISCLoss(**common, variant=self.piwsl_config.pisc_variant)
         self.weak_label_loss = WeakLabelLoss(**common)
         if distutils.is_master():
             logging.info(f"PIWSL settings: {self.piwsl_config}")
+
+    def _build_samplers(self) -> None:
+        seed = self.piwsl_config.seed
+        if seed is None:
+            seed = int(self.config["cmd"].get("seed") or 0)
+        # Different ranks must draw different displacements for their different structures.
+        seed += 7919 * distutils.get_rank()
+        settings = {
+            "max_displacement": self.piwsl_config.max_displacement,
+            "form": self.piwsl_config.displacement_form,
+            "atom_fraction": self.piwsl_config.atom_fraction,
+        }
+        self.random_sampler = RandomDisplacementSampler(**settings, seed=seed)
+        self.adversarial_sampler = (
+            AdversarialDisplacementSampler(**settings, seed=seed + 1)
+            if self.piwsl_config.direction == "adversarial"
+            else None
+        )
 
     # ------------------------------------------------------------------ set-up
     def _check_outputs(self) -> None:
