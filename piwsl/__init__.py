@@ -4,6 +4,8 @@ Importing the package registers the ``piwsl`` trainer in fairchem's registry, so
 say ``trainer: piwsl`` once ``piwsl`` is imported (``main.py`` does that).
 """
 
+import piwsl._warnings  # noqa: F401  (first: before fairchem is imported)
+import piwsl.models  # noqa: F401
 from piwsl.config import PRESETS, PIWSLConfig, PIWSLConfigError
 from piwsl.displacements import AdversarialDisplacementSampler, RandomDisplacementSampler
 from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss, taylor_energy

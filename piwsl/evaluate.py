@@ -72,7 +72,7 @@ def evaluate(trainer, data_path: Path, batch_size: int = 32, progress: bool = Tr
     num_structures = num_components = 0
     for batch in tqdm(loader, desc=f"evaluate {data_path}", disable=not progress):
         batch = batch.to(trainer.device)
-        with torch.no_grad() if trainer._unwrapped_model.direct_forces else torch.enable_grad():
+        with torch.no_grad() if getattr(trainer._unwrapped_model, "direct_forces", False) else torch.enable_grad():
             out = trainer._forward(batch)
         energy = trainer._denorm_preds("energy", out["energy"], batch).view(-1).detach()
         energy_error = energy.double() - batch.energy.view(-1).double()

@@ -25,8 +25,10 @@ import torch
 from fairchem.core.common import distutils
 from fairchem.core.common.registry import registry
 from fairchem.core.modules.evaluator import Evaluator
+from fairchem.core.modules.normalization.normalizer import Normalizer
 from fairchem.core.trainers import OCPTrainer
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Batch
 
 from piwsl.batching import select_structures, stack_geometries
@@ -83,6 +85,7 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         self._nonfinite_steps = 0
         self._consecutive_nonfinite_steps = 0
         self._check_outputs()
+        self._tie_force_normalizer()
         self._check_labels()
         self._apply_max_steps()
         self._build_samplers()
@@ -123,6 +126,39 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
             raise ValueError(f"the piwsl trainer needs model outputs named {missing} in the config's 'outputs' section")
         if self.piwsl_config.needs_displacements and not self.config["model"].get("otf_graph", False):
             raise ValueError("displaced structures need neighbour lists rebuilt on the fly: set model.otf_graph: True")
+
+    @property
+    def gradient_forces(self) -> bool:
+        """Whether the model's forces are ``-dE/dr`` of its energy (no separate force head)."""
+        model = self._unwrapped_model
+        if hasattr(model, "gradient_forces"):  # piwsl's backbones say so themselves
+            return bool(model.gradient_forces)
+        return bool(getattr(model, "regress_forces", False)) and not getattr(model, "direct_forces", False)
+
+    def _tie_force_normalizer(self) -> None:
+        """For gradient forces, denormalize forces with the energy's scale, so that ``F = -dE/dr`` holds.
+
+        The model differentiates its normalized energy; forces in physical units are then that
+        gradient times the energy's standard deviation. A separately fitted force normalizer (as a
+        config for direct forces would have) would break the identity the consistency terms rely on.
+        """
+        energy = self.normalizers.get(ENERGY_KEY)
+        if not self.gradient_forces or energy is None:
+            return
+        forces = self.normalizers.get(FORCES_KEY)
+        if forces is None or not torch.allclose(forces.rmsd, energy.rmsd) or float(forces.mean) != 0:
+            logging.info(f"gradient forces: force normalizer set to mean 0, rmsd {float(energy.rmsd):.4g} (energy's)")
+            self.normalizers[FORCES_KEY] = Normalizer(mean=0.0, rmsd=float(energy.rmsd)).to(self.device)
+
+    def load_model(self) -> None:
+        """fairchem's model; under DDP, tolerate parameters a step leaves unused (an idle force head)."""
+        super().load_model()
+        forces_supervised = any(
+            FORCES_KEY in item and item[FORCES_KEY].get("coefficient", 1) != 0
+            for item in self.config.get("loss_functions", [])
+        )
+        if isinstance(self.model, DistributedDataParallel) and not forces_supervised:
+            self.model = DistributedDataParallel(self._unwrapped_model, find_unused_parameters=True)
 
     def _check_labels(self) -> None:
         """Fail before training when the training set lacks labels that the loss or method needs."""

@@ -160,3 +160,17 @@ def test_missing_outputs_and_static_graphs_are_rejected(data, tmp_path):
     config["model"]["otf_graph"] = False
     with pytest.raises(ValueError, match="otf_graph"):
         make_trainer(config)
+
+
+def test_gradient_forces_stay_minus_the_gradient_of_the_energy_in_physical_units(data, tmp_path):
+    trainer = make_trainer(tiny_config(data, tmp_path, {"method": "piwsl"}, direct_forces=False))
+    energy_scale = float(trainer.normalizers["energy"].rmsd)
+    assert float(trainer.normalizers["forces"].rmsd) == pytest.approx(energy_scale)
+    trainer.model.train()
+    batch = first_batch(trainer)
+    trainer.step = 0  # no consistency terms: only the original geometry
+    batch.pos.requires_grad_(True)
+    out = super(type(trainer), trainer)._forward(batch)
+    geometry = trainer._physical(batch, out)
+    (gradient,) = torch.autograd.grad(geometry.energy.sum(), batch.pos)
+    assert torch.allclose(geometry.forces, -gradient, rtol=1e-4, atol=1e-4 * float(gradient.abs().max()))

@@ -15,7 +15,7 @@ from piwsl.data.prepare import prepare_dataset
 ROOT = Path(__file__).resolve().parents[1]
 ETHANOL = ROOT / "tests/data/rmd17_ethanol_gfn2xtb.npz"
 TINY_PAINN = {
-    "name": "painn",
+    "name": "painn_piwsl",
     "hidden_channels": 32,
     "num_layers": 2,
     "num_rbf": 8,
