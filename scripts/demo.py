@@ -35,6 +35,13 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=ROOT / "datasets/aspirin_demo", help="prepared data directory")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/demo", help="run directory (logs, checkpoints)")
     parser.add_argument("--sequential", action="store_true", help="train one model after the other")
+    parser.add_argument(
+        "--piwsl-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of the PIWSL run's piwsl section, e.g. max_displacement=0.05 (repeatable)",
+    )
     return parser
 
 
@@ -60,7 +67,7 @@ def train_command(method: str, args: argparse.Namespace) -> list[str]:
         "--run-dir", str(run_dir), "--identifier", f"demo-{method}", "--timestamp-id", f"{method}-seed{args.seed}",
         "--seed", str(args.seed), "--print-every", "25", f"--optim.max_steps={args.steps}",
         f"--dataset.train.src={args.data / 'train'}", f"--dataset.val.src={args.data / 'val'}",
-    ]  # fmt: skip
+    ] + ([f"--piwsl.{setting}" for setting in args.piwsl_set] if method == "piwsl" else [])  # fmt: skip
 
 
 def train(methods: list[str], args: argparse.Namespace) -> dict[str, float]:
