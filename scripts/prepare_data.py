@@ -1,7 +1,25 @@
-"""Convert reference data into fairchem LMDBs with the paper's split protocol (App. B).
+"""Convert reference data into fairchem LMDBs with the paper's split protocol (App. B, C).
 
-Example: python scripts/prepare_data.py rmd17 --src data/rmd17_aspirin_gfn2xtb_500K.npz \
-    --out datasets/aspirin --train-size 100 --seed 0
+Writes OUT/train, OUT/val, OUT/test (fairchem LmdbDataset directories) and OUT/metadata.json
+(units, source and checksum, split sizes/indices and seed, train normalizer statistics, element
+references), atomically: a failed run leaves no OUT behind and an existing OUT untouched.
+Energies are stored in kcal/mol, forces in kcal/mol/Angstrom, positions in Angstrom.
+
+Splits: seeded shuffle; the test set is drawn first (10,000 for ani1x/rmd17, 1,000 otherwise, or
+all that is left), so it is the same for every --train-size with the same --seed; then train,
+then validation (--train-size, at least 100, by default).
+
+ani1x is streamed (two passes; memory does not grow with the file beyond 4 bytes per conformer).
+Its conformers whose chosen labels are NaN (labels the release lacks, e.g. CCSD(T) energies) are
+skipped and counted in metadata.json; Inf is an error. Every record written is checked (shapes,
+NaN/Inf, elements, cell); an energy larger in magnitude than any total energy of its atoms can be
+in the source unit is rejected as a unit mistake (see --skip-unit-check).
+
+Examples:
+  python scripts/prepare_data.py ani1x --src ani1x-release.h5 --out datasets/ani1x --train-size 1000 --seed 0
+  python scripts/prepare_data.py rmd17 --src rmd17_aspirin.npz --out datasets/rmd17_aspirin --train-size 1000
+  python scripts/prepare_data.py tio2 --src TiO2/ --out datasets/tio2 --train-size 1000
+  python scripts/prepare_data.py lmnto --src lmnto.extxyz --out datasets/lmnto --train-size 1000
 """
 
 from __future__ import annotations
@@ -11,18 +29,21 @@ import json
 import sys
 from pathlib import Path
 
-from piwsl.data.formats import DataFormatError, read_rmd17
+from piwsl.data.formats import FORMATS, open_source
 from piwsl.data.prepare import prepare_dataset
+from piwsl.data.references import SelfEnergies, load_self_energies
 from piwsl.data.splits import default_val_size
-
-READERS = {"rmd17": read_rmd17}
-DEFAULT_TEST_SIZE = {"rmd17": 10_000}
+from piwsl.data.units import KCAL_PER_MOL_PER
+from piwsl.data.validation import DataFormatError
 
 
 def get_parser() -> argparse.ArgumentParser:
+    formats = "; ".join(f"{name}: {spec.description}" for name, spec in FORMATS.items())
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("format", choices=sorted(READERS), help="format of --src: rmd17 = rMD17 npz (kcal/mol)")
-    parser.add_argument("--src", type=Path, required=True, help="input file or directory")
+    parser.add_argument("format", choices=sorted(FORMATS), help=f"format of --src. {formats}")
+    parser.add_argument(
+        "--src", type=Path, required=True, help="input file (ani1x, rmd17, ase, lmnto) or directory (tio2, ase, lmnto)"
+    )
     parser.add_argument(
         "--out", type=Path, required=True, help="output directory; gets train/, val/, test/ LMDBs and metadata.json"
     )
@@ -34,27 +55,71 @@ def get_parser() -> argparse.ArgumentParser:
         "--test-size",
         type=int,
         default=None,
-        help="test structures (default: 10,000 for rmd17, or all that is left if fewer); the same for every N_train",
+        help="test structures (default: 10,000 for ani1x and rmd17, 1,000 for tio2, lmnto and ase, or all that is "
+        "left if fewer); drawn first, so the same for every N_train with the same seed",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that defines the splits")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that defines the splits (default 0)")
+    parser.add_argument(
+        "--energy-key",
+        default=None,
+        help="dataset/key holding the energies (default: ani1x 'wb97x_dz.energy' in Ha, e.g. 'ccsd(t)_cbs.energy'; "
+        "rmd17 'energies'; ase/lmnto 'energy' from the calculator or atoms.info, in eV); not for tio2",
+    )
+    parser.add_argument(
+        "--force-key",
+        default=None,
+        help="dataset/key holding the forces (default: ani1x 'wb97x_dz.forces' in Ha/Angstrom; rmd17 'forces'; "
+        "ase/lmnto 'forces' in eV/Angstrom), or 'none' for data without forces; not for tio2",
+    )
+    parser.add_argument(
+        "--self-energies",
+        default=None,
+        help="per-element self energies subtracted from every energy: 'fit' (least squares on the training split), "
+        "'none', or a JSON file {\"H\": -0.6, ...} in the source file's unit (Ha for ani1x, eV for tio2/lmnto/ase, "
+        "kcal/mol for rmd17). Default: 'none' for rmd17, 'fit' otherwise. Stored in metadata.json",
+    )
     parser.add_argument(
         "--energy-only",
         action="store_true",
         help="write the training split without force labels (energy-only training); val/test keep forces",
     )
+    parser.add_argument(
+        "--skip-unit-check",
+        action="store_true",
+        help="do not reject energies whose magnitude exceeds any total energy of their atoms in the source unit "
+        "(a sign the file is in another unit, e.g. kcal/mol read as Hartree)",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
-    if not args.src.exists():
-        raise DataFormatError(f"input not found: {args.src}")
-    structures = READERS[args.format](args.src)
-    val_size = default_val_size(args.train_size) if args.val_size is None else args.val_size
-    test_size = DEFAULT_TEST_SIZE[args.format] if args.test_size is None else args.test_size
+    """Prepare the data set described by ``args``; return its metadata."""
+    label_keys = {}
+    if args.energy_key is not None:
+        label_keys["energy_key"] = args.energy_key
+    if args.force_key is not None:
+        label_keys["force_key"] = None if args.force_key.lower() == "none" else args.force_key
+    source = open_source(args.format, args.src, **label_keys)
+    spec = FORMATS[args.format]
+    choice = spec.default_self_energies if args.self_energies is None else args.self_energies
+    if choice in ("fit", "none"):
+        self_energies: SelfEnergies | str = choice
+    else:
+        self_energies = load_self_energies(Path(choice), KCAL_PER_MOL_PER[source.energy_unit])
     metadata = prepare_dataset(
-        structures, args.out, args.train_size, val_size, test_size, args.seed, args.src, args.format, args.energy_only
+        source,
+        args.out,
+        args.train_size,
+        default_val_size(args.train_size) if args.val_size is None else args.val_size,
+        spec.default_test_size if args.test_size is None else args.test_size,
+        args.seed,
+        train_without_forces=args.energy_only,
+        self_energies=self_energies,
+        check_units=not args.skip_unit_check,
     )
-    print(f"wrote {args.out}: {json.dumps(metadata['split_sizes'])}")
+    skipped = {reason: n for reason, n in metadata["skipped_records"].items() if n}
+    note = f", skipped {json.dumps(skipped)}" if skipped else ""
+    print(f"wrote {args.out}: {json.dumps(metadata['split_sizes'])} of {metadata['num_records']} records{note}")
     return metadata
 
 

@@ -1,95 +1,218 @@
-"""Split labelled structures and write fairchem LMDBs plus a ``metadata.json``, atomically."""
+"""The one writer pipeline every format streams into: split, reference, check, write, describe.
+
+``prepare_dataset`` makes two passes over a ``RecordSource`` (a format reader, or structures in
+memory): ``count()`` numbers the usable records, the paper's split is drawn from the count
+(``splits.make_split``), self energies are fitted on the training split's compositions when
+asked, then ``records()`` streams only the chosen records, each checked and routed to its split's
+LMDB writer while the training split's normalizer statistics accumulate. Everything is written
+into a staging directory renamed to ``out_dir`` at the end: a failure leaves no dataset behind.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+from ase.data import chemical_symbols
+from tqdm import tqdm
 
-from piwsl.data.lmdb_writer import write_lmdb
-from piwsl.data.splits import Split, make_split
+from piwsl.data.lmdb_writer import DIRECTORY_MODE, LmdbWriter, replace_directory
+from piwsl.data.references import SelfEnergies, fit_self_energies
+from piwsl.data.source import RecordSource, StructureListSource
+from piwsl.data.splits import make_split
 from piwsl.data.structures import Structure
+from piwsl.data.units import ENERGY_UNIT, FORCE_UNIT, POSITION_UNIT
+from piwsl.data.validation import DataFormatError, check_energy_unit, check_structure
 
-ENERGY_UNIT = "kcal/mol"
-FORCE_UNIT = "kcal/mol/Angstrom"
+SPLITS = ("train", "val", "test")
+#: Record indices (in the source's order of usable records) of each split, one JSON object.
+SPLIT_INDICES_FILE = "split_indices.json"
 
 
 def file_checksum(path: Path) -> str:
-    """SHA-256 of a file (or of the sorted files of a directory)."""
+    """SHA-256 of a file, or of the sorted files of a directory (names and contents)."""
+    path = Path(path)
     digest = hashlib.sha256()
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
         with open(file, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
 
 
-def train_statistics(structures: Sequence[Structure]) -> dict[str, float | None]:
-    """Energy mean and standard deviation, and force RMS, of the training split (physical units)."""
-    energies = np.array([s.energy for s in structures if s.energy is not None], dtype=np.float64)
-    forces = [s.forces for s in structures if s.forces is not None]
-    force_rms = float(np.sqrt(np.mean(np.concatenate([f.reshape(-1) for f in forces]) ** 2))) if forces else None
-    return {
-        "energy_mean": float(energies.mean()) if energies.size else None,
-        "energy_std": float(energies.std()) if energies.size > 1 else None,
-        "force_rms": force_rms,
-    }
+class TrainStatistics:
+    """Streaming energy/force statistics of the training split (kcal/mol, kcal/mol/Å).
+
+    Energies use Welford's update (totals of ~1e5 kcal/mol vary by a few kcal/mol: summing
+    squares would cancel catastrophically); force components are centred near zero.
+    """
+
+    def __init__(self) -> None:
+        self.structures = 0
+        self.atoms = 0
+        self.energy_mean = 0.0
+        self._energy_m2 = 0.0
+        self.force_components = 0
+        self._force_sum = 0.0
+        self._force_square_sum = 0.0
+
+    def add(self, structure: Structure) -> None:
+        self.structures += 1
+        self.atoms += structure.numbers.size
+        delta = structure.energy - self.energy_mean
+        self.energy_mean += delta / self.structures
+        self._energy_m2 += delta * (structure.energy - self.energy_mean)
+        if structure.forces is not None:
+            self.force_components += structure.forces.size
+            self._force_sum += float(structure.forces.sum())
+            self._force_square_sum += float(np.square(structure.forces).sum())
+
+    def to_json(self) -> dict[str, float | int | None]:
+        """Counts, energy mean/std (sample std, as fairchem's normalizer fit), force mean and RMS."""
+        forces = self.force_components > 0
+        return {
+            "structures": self.structures,
+            "atoms": self.atoms,
+            "energy_mean": self.energy_mean if self.structures else None,
+            "energy_std": float(np.sqrt(self._energy_m2 / (self.structures - 1))) if self.structures > 1 else None,
+            "force_mean": self._force_sum / self.force_components if forces else None,
+            "force_rms": float(np.sqrt(self._force_square_sum / self.force_components)) if forces else None,
+        }
 
 
 def prepare_dataset(
-    structures: Sequence[Structure],
+    records: RecordSource | Sequence[Structure],
     out_dir: Path,
     train_size: int,
     val_size: int,
     test_size: int,
     seed: int,
-    source: Path,
-    data_format: str,
+    source: Path | None = None,
+    data_format: str | None = None,
     train_without_forces: bool = False,
+    self_energies: SelfEnergies | str = "none",
+    check_units: bool = True,
 ) -> dict:
     """Write ``out_dir/{train,val,test}/data.lmdb`` and ``out_dir/metadata.json``; return the metadata.
 
-    ``train_without_forces`` drops the force labels of the training split (energy-only training,
-    Sec. 5.4); validation and test keep theirs so that force errors can still be measured.
+    Args:
+        records: a format reader, or structures in memory (then ``source`` and ``data_format`` name them).
+        out_dir: the dataset directory, replaced atomically when complete.
+        train_size, val_size, test_size, seed: the split (``splits.make_split``).
+        train_without_forces: drop the training split's force labels (energy-only training, Sec. 5.4);
+            validation and test keep theirs so that force errors can still be measured.
+        self_energies: ``"fit"`` (least squares on the training split), ``"none"``, or given values.
+        check_units: reject energies too large for a total energy in the source's unit
+            (``validation.check_energy_unit``).
     """
+    if not isinstance(records, RecordSource):
+        if source is None or data_format is None:
+            raise ValueError("structures in memory need source= and data_format= to describe them")
+        records = StructureListSource(records, Path(source), data_format)
     out_dir = Path(out_dir)
-    split = make_split(len(structures), train_size, val_size, test_size, seed)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    num_records = records.count()
+    split = make_split(num_records, train_size, val_size, test_size, seed)
+    assignment = np.zeros(num_records, dtype=np.int8)
+    for code, indices in enumerate((split.train, split.val, split.test), start=1):
+        assignment[indices] = code
+    if self_energies == "fit":
+        self_energies = fit_self_energies(records.compositions(assignment == 1))
+    elif self_energies == "none":
+        self_energies = SelfEnergies()
+    elif not isinstance(self_energies, SelfEnergies):
+        raise ValueError(f"self_energies must be 'fit', 'none' or a SelfEnergies, not {self_energies!r}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        for name, indices in _split_items(split):
-            drop_forces = train_without_forces and name == "train"
-            records = (replace(structures[i], forces=None) if drop_forces else structures[i] for i in indices)
-            write_lmdb(records, staging / name)
+        staging.chmod(DIRECTORY_MODE)
+        statistics, elements, has_forces = _write_splits(
+            records, assignment, staging, self_energies, train_without_forces, check_units
+        )
         metadata = {
-            "format": data_format,
-            "source": str(Path(source).resolve()),
-            "source_sha256": file_checksum(source),
-            "units": {"energy": ENERGY_UNIT, "forces": FORCE_UNIT, "positions": "Angstrom"},
+            "format": records.data_format,
+            "source": str(records.path.resolve()),
+            "source_sha256": file_checksum(records.path),
+            "reader": records.settings(),
+            "units": {"energy": ENERGY_UNIT, "forces": FORCE_UNIT, "positions": POSITION_UNIT},
             "seed": seed,
+            "num_records": num_records,
+            "skipped_records": records.skipped(),
             "split_sizes": split.sizes(),
-            "split_indices": {name: indices.tolist() for name, indices in _split_items(split)},
-            "train_statistics": train_statistics([structures[i] for i in split.train]),
-            "train_has_forces": not train_without_forces,
-            "elements": sorted({int(z) for s in structures for z in s.numbers}),
+            "split_indices_file": SPLIT_INDICES_FILE,
+            "train_statistics": statistics,
+            "normalizers": {
+                "energy": {"mean": statistics["energy_mean"], "rmsd": statistics["energy_std"]},
+                "forces": {"mean": 0.0, "rmsd": statistics["force_rms"]},
+            },
+            "element_references": self_energies.to_json(),
+            "has_forces": has_forces,
+            "train_has_forces": has_forces and not train_without_forces,
+            "elements": [chemical_symbols[z] for z in sorted(elements)],
+            "unit_check": check_units,
+            "piwsl_version": version("piwsl"),
         }
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        indices = {name: getattr(split, name).tolist() for name in SPLITS}
+        (staging / SPLIT_INDICES_FILE).write_text(json.dumps(indices, separators=(",", ":")) + "\n")
+        (staging / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
+        replace_directory(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return metadata
 
 
-def _split_items(split: Split) -> list[tuple[str, np.ndarray]]:
-    return [("train", split.train), ("val", split.val), ("test", split.test)]
+def _write_splits(
+    records: RecordSource,
+    assignment: np.ndarray,
+    staging: Path,
+    self_energies: SelfEnergies,
+    train_without_forces: bool,
+    check_units: bool,
+) -> tuple[dict, set[int], bool]:
+    """Stream the chosen records into one LMDB per split; return train statistics, elements, force presence."""
+    writers = [LmdbWriter(staging / name) for name in SPLITS]
+    statistics = TrainStatistics()
+    elements: set[int] = set()
+    has_forces: bool | None = None
+    wanted = int(np.count_nonzero(assignment))
+    try:
+        stream = records.records(assignment > 0)
+        for index, structure in tqdm(stream, total=wanted, desc="write LMDBs", unit="structure", disable=None):
+            check_structure(structure)
+            if check_units:
+                check_energy_unit(structure, records.energy_unit)
+            if has_forces is None:
+                has_forces = structure.forces is not None
+            elif has_forces != (structure.forces is not None):
+                state = "has" if structure.forces is not None else "has no"
+                raise DataFormatError(f"{structure.source}: {state} forces, unlike the records before it")
+            reference = self_energies.total(structure.numbers, structure.source)
+            structure = replace(structure, energy=structure.energy - reference)
+            code = int(assignment[index])
+            if code == 1:
+                statistics.add(structure)
+                if train_without_forces:
+                    structure = replace(structure, forces=None)
+            writers[code - 1].add(structure)
+            elements.update(int(z) for z in np.unique(structure.numbers))
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    written = [writer.close() for writer in writers]
+    expected = [int(np.count_nonzero(assignment == code)) for code in (1, 2, 3)]
+    if written != expected:
+        raise DataFormatError(
+            f"{records.path}: read {written} train/val/test records, expected {expected}; did it change while read?"
+        )
+    return statistics.to_json(), elements, bool(has_forces)

@@ -30,6 +30,7 @@ def make_split(num_records: int, train_size: int, val_size: int, test_size: int,
     Taking the test set from the front of the permutation keeps it the same for every training
     size with the same seed, and training sets of increasing size are nested. When fewer records
     remain than ``test_size``, the test set is everything left after train and validation.
+    Each split's indices are returned sorted (the order records are streamed and written in).
     """
     if train_size < 1 or val_size < 0 or test_size < 0:
         raise ValueError(f"split sizes must be positive: train={train_size}, val={val_size}, test={test_size}")
@@ -40,4 +41,4 @@ def make_split(num_records: int, train_size: int, val_size: int, test_size: int,
     order = np.random.default_rng(seed).permutation(num_records)
     test = np.sort(order[:test_size])
     rest = order[test_size:]
-    return Split(train=rest[:train_size], val=rest[train_size : train_size + val_size], test=test)
+    return Split(train=np.sort(rest[:train_size]), val=np.sort(rest[train_size : train_size + val_size]), test=test)

@@ -8,9 +8,6 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-HARTREE_TO_KCAL_PER_MOL = 627.509474
-EV_TO_KCAL_PER_MOL = 23.060548
-
 
 @dataclass
 class Structure:
