@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from fairchem.core._cli import Runner
 from fairchem.core.common import distutils
 from fairchem.core.common.flags import Flags
@@ -29,6 +30,7 @@ from submitit.helpers import DelayedSubmission
 import piwsl  # noqa: F401  (registers the "piwsl" trainer)
 from piwsl.checkpointing import CheckpointError
 from piwsl.config import PIWSLConfig, PIWSLConfigError
+from piwsl.cpu_memory import tune_malloc_for_tensors
 from piwsl.dataset_checks import DatasetError, check_disjoint, check_readable, check_units
 
 #: Top-level keys of our configs that fairchem does not know and main.py consumes.
@@ -75,6 +77,8 @@ class PIWSLRunner(Runner):
 
 def run_config(config: dict) -> None:
     """Entry point of each local or DDP rank."""
+    if config.get("cpu") or not torch.cuda.is_available():
+        tune_malloc_for_tensors()
     PIWSLRunner()(config)
 
 

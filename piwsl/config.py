@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 
 Method = Literal["piwsl", "baseline", "noisynode", "weak_label"]
 Direction = Literal["random", "adversarial"]
-ForwardMode = Literal["batched", "sequential"]
+ForwardMode = Literal["auto", "batched", "sequential"]
 
 #: Equilibrium C-H bond length (Å); a displacement beyond 30% of it leaves the Taylor regime (Sec. 4.4).
 CH_BOND_LENGTH = 1.09
@@ -50,7 +50,9 @@ class PIWSLConfig:
         pisc_variant: ``eq4`` (default), ``eq15`` or ``eq16`` (App. E).
         detach_target: stop the gradient through the Taylor side of each term (ablation).
         warmup_steps: optimizer steps of supervised-only training before the extra terms start.
-        forward_mode: ``batched`` (S, S+dr, S+dr' through the model as one batch) or ``sequential``.
+        forward_mode: ``batched`` (S, S+dr, S+dr' through the model as one batch), ``sequential``
+            (one model call per geometry) or ``auto``: batched on a GPU, sequential on a CPU, where
+            the stacked batch was measured slower (``scripts/benchmark_step.py``).
         consistency_fraction: fraction of each batch's structures that get the extra terms, in (0, 1]
             (at least one structure; a random subset each step).
         consistency_every: apply the extra terms on every k-th optimizer step only (k >= 1).
@@ -74,7 +76,7 @@ class PIWSLConfig:
     pisc_variant: Literal["eq4", "eq15", "eq16"] = "eq4"
     detach_target: bool = False
     warmup_steps: int = 0
-    forward_mode: ForwardMode = "batched"
+    forward_mode: ForwardMode = "auto"
     consistency_fraction: float = 1.0
     consistency_every: int = 1
     min_distance: float = 0.5

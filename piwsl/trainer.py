@@ -256,6 +256,12 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         return out
 
     @property
+    def batched_forward(self) -> bool:
+        """Whether all geometries of a step go through the model as one stacked batch."""
+        mode = self.piwsl_config.forward_mode
+        return mode == "batched" or (mode == "auto" and self.device.type == "cuda")
+
+    @property
     def _needs_prime(self) -> bool:
         return self.piwsl_config.method == "piwsl" and self.piwsl_config.c_pisc > 0
 
@@ -298,7 +304,7 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
 
     def _forward_geometries(self, parts: list[tuple[Batch, Tensor | None]]) -> list[dict[str, Tensor]]:
         """Model outputs (normalized, as fairchem's ``_forward`` returns them) at each geometry."""
-        if self.piwsl_config.forward_mode == "sequential":
+        if not self.batched_forward:
             return [super(PIWSLTrainer, self)._forward(stack_geometries([part])) for part in parts]
         stacked = super()._forward(stack_geometries(parts))
         sizes = {
@@ -378,7 +384,7 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
                 "max_nonfinite_steps); lower piwsl.max_displacement or check the model's stability"
             )
         self._log_term("nonfinite_steps", torch.tensor(float(self._nonfinite_steps)))
-        if self.piwsl_config.forward_mode == "sequential":
+        if not self.batched_forward:
             return supervised  # its graph never touched the displaced copies
         # In the stacked batch, NaN activations of the displaced copies would poison weight gradients
         # (0 * NaN) even though the supervised loss does not use them: redo the forward without them.

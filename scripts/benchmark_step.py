@@ -25,6 +25,8 @@ import torch
 import yaml
 from fairchem.core.common.utils import load_config
 
+from piwsl.cpu_memory import tune_malloc_for_tensors
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "supervised": {"method": "baseline"},
@@ -50,6 +52,11 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--devices", default=None, help="comma-separated devices, e.g. cpu,cuda (default: cpu, plus cuda if present)"
+    )
+    parser.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="keep glibc's default malloc settings (main.py tunes them for CPU runs; see piwsl.cpu_memory)",
     )
     parser.add_argument("--piwsl", default="{}", help="extra piwsl settings for the PIWSL variants, as YAML/JSON")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
@@ -154,6 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     from piwsl.data.formats import read_rmd17
     from piwsl.data.prepare import prepare_dataset
 
+    malloc_tuned = not args.no_malloc_tuning and tune_malloc_for_tensors()
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,13 +176,15 @@ def run(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "steps": args.steps,
         "threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
         "data": str(args.data),
         "results": results,
     }
-    print(f"model {args.model}, forces {summary['force_mode']}, batch {args.batch_size}, {args.steps} steps")
     print(
-        f"{'device':8s} {'variant':18s} {'median step (ms)':>17s} {'activations (MB)':>17s} {'peak GPU (MB)':>14s}"
+        f"model {args.model}, forces {summary['force_mode']}, batch {args.batch_size}, {args.steps} steps, "
+        f"malloc tuned: {malloc_tuned}"
     )
+    print(f"{'device':8s} {'variant':18s} {'median step (ms)':>17s} {'activations (MB)':>17s} {'peak GPU (MB)':>14s}")
     for result in results:
         for name, variant in result["variants"].items():
             gpu = "-" if variant["peak_gpu_mb"] is None else f"{variant['peak_gpu_mb']:.0f}"
