@@ -69,8 +69,10 @@ def make_config(args: argparse.Namespace, data_dir: Path, run_dir: Path, section
     config = copy.deepcopy(config)
     config["model"] = model_config["model"]
     config["optim"].update({k: v for k, v in model_config.get("optim", {}).items()})
-    if args.force_mode is not None:
+    if args.force_mode is not None and "direct_forces" in config["model"]:
         config["model"]["direct_forces"] = args.force_mode == "direct"
+    elif args.force_mode == "direct":
+        raise SystemExit(f"error: {args.model} has gradient forces only (no direct_forces setting)")
     config["piwsl"] = section
     config["dataset"]["train"]["src"] = str(data_dir / "train")
     config["dataset"]["val"]["src"] = str(data_dir / "val")
