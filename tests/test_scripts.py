@@ -1,0 +1,47 @@
+"""The benchmark and diagnostic scripts run and write what they promise (timings are not tested)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from trainer_helpers import ETHANOL, ROOT
+
+
+def run_script(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *arguments], capture_output=True, text=True, timeout=300, check=True, cwd=ROOT
+    )
+
+
+def test_benchmark_step_writes_ratios_for_every_variant(tmp_path):
+    output = tmp_path / "step.json"
+    run_script(
+        "scripts/benchmark_step.py", "--model", "painn_small", "--batch-size", "2", "--steps", "2",
+        "--warmup", "0", "--data", str(ETHANOL), "--devices", "cpu", "--json", str(output),
+    )  # fmt: skip
+    result = json.loads(output.read_text())["results"][0]
+    assert set(result["variants"]) == {"supervised", "piwsl_sequential", "piwsl_batched"}
+    assert all(v["median_step_s"] > 0 and v["saved_activations_mb"] > 0 for v in result["variants"].values())
+    assert set(result["ratios"]) == {"piwsl_batched/supervised", "piwsl_sequential/supervised", "batched/sequential"}
+
+
+def test_taylor_remainder_shrinks_quadratically_on_the_reference(tmp_path):
+    pytest.importorskip("tblite")
+    output = tmp_path / "remainder.json"
+    run_script(
+        "scripts/taylor_remainder.py", "--data", str(ETHANOL), "--structures", "6",
+        "--max-displacement", "0.02", "0.01", "--json", str(output),
+    )  # fmt: skip
+    rows = json.loads(output.read_text())["rows"]
+    ratio = rows[0]["rms_remainder"] / rows[1]["rms_remainder"]
+    assert 2.5 < ratio < 6  # second order: halving dr_max divides the remainder by about 4
+
+
+@pytest.mark.parametrize(
+    "script", ["scripts/demo.py", "scripts/evaluate.py", "scripts/benchmark_step.py", "scripts/taylor_remainder.py"]
+)
+def test_help_explains_the_flags(script):
+    assert "--" in run_script(script, "--help").stdout
