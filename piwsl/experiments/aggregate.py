@@ -1,0 +1,369 @@
+"""Tables (the layout of the paper's Tables 1-3) and relative-gain plots (Fig. 2a/b) from run results.
+
+Input: ``RESULTS/runs/<run>.json`` written by the runner, and ``RESULTS/grid.json`` naming the
+studies (without it, each data set is one study of everything found). Every cell is the mean ±
+sample standard deviation (ddof = 1) over the seeds found; a cell with fewer seeds than the study
+asks for says ``(n=k)``, a combination without results shows ``—``.
+
+Tables: one per study and data set; rows are backbone x {energy, force} (test RMSE, kcal/mol and
+kcal/mol/Å), columns are N_train x method (x the method's group, e.g. FB/GB for Table 3), the
+lowest mean of each group of columns in bold. Relative gain of a method over the study's
+reference method, per seed (same seed = same split): ``100 * (1 - RMSE_method / RMSE_reference)``
+(positive: the method is better), then mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Row quantity -> key of the test errors in a results file.
+QUANTITIES = {"energy": "energy_rmse", "force": "forces_rmse"}
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (ddof = 1; 0 for one value) of ``count`` values."""
+
+    mean: float
+    std: float
+    count: int
+
+    def format(self, digits: int = 2, expected: int | None = None) -> str:
+        text = f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+        return text if expected is None or self.count >= expected else f"{text} (n={self.count})"
+
+
+def mean_std(values: list[float]) -> Stat:
+    """Mean ± sample standard deviation of finite ``values``; non-finite values make the mean NaN."""
+    count = len(values)
+    if count == 0:
+        raise ValueError("no values")
+    mean = sum(values) / count
+    variance = sum((v - mean) ** 2 for v in values) / (count - 1) if count > 1 else 0.0
+    return Stat(mean=mean, std=math.sqrt(variance), count=count)
+
+
+@dataclass
+class Table:
+    """A table as text cells; ``bold`` holds (row, column) indices of cells to emphasize in markdown."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.header) + " |"]
+        lines.append("|" + "|".join("---" if k < 2 else ":---:" for k in range(len(self.header))) + "|")
+        for r, row in enumerate(self.rows):
+            cells = [f"**{cell}**" if (r, c) in self.bold else cell for c, cell in enumerate(row)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [""] + [f"{note}" for note in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(self.header)
+            writer.writerows(self.rows)
+
+
+def load_results(results_dir: Path) -> list[dict]:
+    """Every finished run's test results (``runs/*.json``; not ``*.failed.json`` nor validation-only runs)."""
+    results = []
+    for path in sorted((Path(results_dir) / "runs").glob("*.json")):
+        if path.name.endswith(".failed.json"):
+            continue
+        result = json.loads(path.read_text())
+        if "test" in result:
+            results.append(result)
+    return results
+
+
+def load_failures(results_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(results_dir) / "runs").glob("*.failed.json"))]
+
+
+def load_studies(results_dir: Path, results: list[dict]) -> list[dict]:
+    """The studies of ``grid.json``, or one study per data set holding every result found."""
+    grid_file = Path(results_dir) / "grid.json"
+    if grid_file.is_file():
+        return json.loads(grid_file.read_text())["studies"]
+    studies = []
+    for dataset in sorted({r["dataset"] for r in results}):
+        mine = [r for r in results if r["dataset"] == dataset]
+        methods = sorted({r["method"] for r in mine}, key=lambda m: (m != "baseline", m))
+        studies.append(
+            {
+                "name": dataset,
+                "title": f"{dataset}: test RMSE, energy kcal/mol, force kcal/mol/Å",
+                "datasets": [dataset],
+                "backbones": sorted({r["backbone"] for r in mine}),
+                "methods": methods,
+                "train_sizes": sorted({r["train_size"] for r in mine}),
+                "seeds": sorted({r["seed"] for r in mine}),
+                "reference": "baseline" if "baseline" in methods else None,
+                "runs": [r["run"] for r in mine],
+            }
+        )
+    return studies
+
+
+def _key(result: dict) -> tuple:
+    return result["dataset"], result["backbone"], result["method"], result["train_size"]
+
+
+def study_results(study: dict, results: list[dict]) -> list[dict]:
+    runs = set(study["runs"])
+    return [r for r in results if r["run"] in runs]
+
+
+def summarize(results: list[dict], split: str = "test") -> dict[tuple, dict[str, Stat]]:
+    """(dataset, backbone, method, N_train) -> metric -> Stat over seeds (errors of ``split``, wall time)."""
+    values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        for metric, value in result[split].items():
+            if metric != "num_structures" and value is not None:
+                values[_key(result)][metric].append(float(value))
+        values[_key(result)]["train_wall_s"].append(float(result["train_wall_s"]))
+    return {key: {metric: mean_std(v) for metric, v in metrics.items()} for key, metrics in values.items()}
+
+
+def _labels(study: dict, results: list[dict]) -> tuple[dict, dict, dict, dict]:
+    """Display names of backbones, methods, method groups and data sets: the study's, else the results'."""
+    backbone = {r["backbone"]: r.get("backbone_label", r["backbone"]) for r in results}
+    method = {r["method"]: r.get("method_label", r["method"]) for r in results}
+    group = {r["method"]: r.get("method_group") for r in results}
+    dataset = {r["dataset"]: r.get("dataset_label", r["dataset"]) for r in results}
+    labels = study.get("labels", {})
+    backbone |= labels.get("backbones", {})
+    method |= labels.get("methods", {})
+    group |= labels.get("groups", {})
+    dataset |= labels.get("datasets", {})
+    return backbone, method, group, dataset
+
+
+def benchmark_table(study: dict, dataset: str, results: list[dict], digits: int = 2) -> Table:
+    """Table 1/2/3 layout for one data set of a study."""
+    mine = [r for r in study_results(study, results) if r["dataset"] == dataset]
+    summary = summarize(mine)
+    backbone_label, method_label, method_group, dataset_label = _labels(study, mine)
+    sizes, methods = study["train_sizes"], study["methods"]
+    columns = [(n, m) for n in sizes for m in methods]
+    header = ["Model", ""]
+    for n, m in columns:
+        parts = ([f"N={n}"] if len(sizes) > 1 else []) + ([method_group[m]] if method_group.get(m) else [])
+        header.append((", ".join(parts) + ": " if parts else "") + method_label.get(m, m))
+    table = Table(title=f"{study['title']} — {dataset_label.get(dataset, dataset)}", header=header, rows=[])
+    expected = len(study["seeds"])
+    for backbone in study["backbones"]:
+        for k, (quantity, metric) in enumerate(QUANTITIES.items()):
+            row = [backbone_label.get(backbone, backbone) if k == 0 else "", quantity]
+            means = {}
+            for c, (n, m) in enumerate(columns, start=2):
+                stat = summary.get((dataset, backbone, m, n), {}).get(metric)
+                row.append(MISSING if stat is None else stat.format(digits, expected))
+                if stat is not None and math.isfinite(stat.mean):
+                    means[c] = (n, method_group.get(m), stat.mean)
+            table.rows.append(row)
+            for c, (n, group, mean) in means.items():
+                rivals = [v for d, v in means.items() if d != c and v[:2] == (n, group)]
+                if rivals and mean < min(v[2] for v in rivals):
+                    table.bold.add((len(table.rows) - 1, c))
+    table.notes.append(
+        f"Mean ± sample std over {expected} seed(s) (fewer where marked n=k); test RMSE on "
+        f"{_test_sizes(mine)} structures; energy kcal/mol, force kcal/mol/Å; lowest mean per group in bold."
+    )
+    return table
+
+
+def _test_sizes(results: list[dict]) -> str:
+    sizes = sorted({r["test"]["num_structures"] for r in results})
+    return "/".join(str(s) for s in sizes) or "0"
+
+
+def relative_gains(study: dict, results: list[dict]) -> dict[tuple, dict[str, Stat]]:
+    """(dataset, backbone, method, N_train) -> quantity -> Stat of the per-seed gain (%) over the reference."""
+    reference = study.get("reference")
+    if reference is None:
+        return {}
+    mine = study_results(study, results)
+    by_seed = {(*_key(r), r["seed"]): r for r in mine}
+    gains: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (dataset, backbone, method, size, seed), result in by_seed.items():
+        base = by_seed.get((dataset, backbone, reference, size, seed))
+        if method == reference or base is None:
+            continue
+        for quantity, metric in QUANTITIES.items():
+            ours, theirs = result["test"][metric], base["test"][metric]
+            if ours is not None and theirs:
+                gains[(dataset, backbone, method, size)][quantity].append(100.0 * (1.0 - ours / theirs))
+    return {key: {q: mean_std(v) for q, v in values.items()} for key, values in gains.items()}
+
+
+def gain_table(study: dict, results: list[dict], digits: int = 1) -> Table:
+    """The relative gains as a table: rows data set x backbone x method, columns N_train x quantity."""
+    gains = relative_gains(study, results)
+    mine = study_results(study, results)
+    backbone_label, method_label, _, dataset_label = _labels(study, mine)
+    sizes = study["train_sizes"]
+    header = ["Data set", "Model", "Method"] + [f"N={n}: {q} gain (%)" for n in sizes for q in QUANTITIES]
+    reference = method_label.get(study.get("reference"), study.get("reference"))
+    table = Table(title=f"{study['title']} — relative gain over {reference}", header=header, rows=[])
+    for dataset in study["datasets"]:
+        for backbone in study["backbones"]:
+            for method in study["methods"]:
+                if method == study.get("reference"):
+                    continue
+                row = [dataset_label.get(dataset, dataset), backbone_label.get(backbone, backbone)]
+                row.append(method_label.get(method, method))
+                for n in sizes:
+                    for quantity in QUANTITIES:
+                        stat = gains.get((dataset, backbone, method, n), {}).get(quantity)
+                        row.append(MISSING if stat is None else f"{stat.mean:+.{digits}f} ± {stat.std:.{digits}f}")
+                table.rows.append(row)
+    table.notes.append("Gain = 100·(1 − RMSE_method / RMSE_reference) per seed (paired split), mean ± sample std.")
+    return table
+
+
+def runtime_table(study: dict, results: list[dict]) -> Table:
+    """Training wall time per run (s, mean ± std over seeds) and steps: rows data set x backbone x method."""
+    mine = study_results(study, results)
+    summary = summarize(mine)
+    steps = {_key(r): r["steps"] for r in mine}
+    backbone_label, method_label, method_group, dataset_label = _labels(study, mine)
+    sizes = study["train_sizes"]
+    header = ["Data set", "Model", "Method"] + [f"N={n}: train time (s) / steps" for n in sizes]
+    table = Table(title=f"{study['title']} — training wall time", header=header, rows=[])
+    for dataset in study["datasets"]:
+        for backbone in study["backbones"]:
+            for method in study["methods"]:
+                label = method_label.get(method, method)
+                group = method_group.get(method)
+                row = [dataset_label.get(dataset, dataset), backbone_label.get(backbone, backbone)]
+                row.append(f"{group}: {label}" if group else label)
+                for n in sizes:
+                    stat = summary.get((dataset, backbone, method, n), {}).get("train_wall_s")
+                    key = (dataset, backbone, method, n)
+                    row.append(MISSING if stat is None else f"{stat.mean:.0f} ± {stat.std:.0f} / {steps[key]}")
+                table.rows.append(row)
+    table.notes.append("Wall time of the training subprocess (start-up and validation included, test excluded).")
+    return table
+
+
+def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bool:
+    """Fig. 2a/b: energy and force gain (%) over the reference vs N_train; False if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gains = {k: v for k, v in relative_gains(study, results).items() if k[0] == dataset}
+    if not gains:
+        return False
+    backbone_label, method_label, _, dataset_label = _labels(study, study_results(study, results))
+    sizes = study["train_sizes"]
+    positions = {n: k for k, n in enumerate(sizes)}
+    methods = [m for m in study["methods"] if m != study.get("reference")]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = ["o", "s", "^", "D", "v", "P"]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, (letter, quantity) in zip(axes, (("a", "energy"), ("b", "force")), strict=True):
+        for b, backbone in enumerate(study["backbones"]):
+            for k, method in enumerate(methods):
+                points = [(n, gains[(dataset, backbone, method, n)][quantity]) for n in sizes
+                          if (dataset, backbone, method, n) in gains]  # fmt: skip
+                if not points:
+                    continue
+                shift = (k - (len(methods) - 1) / 2) * 0.06
+                axis.errorbar(
+                    [positions[n] + shift for n, _ in points],
+                    [s.mean for _, s in points],
+                    yerr=[s.std for _, s in points],
+                    color=colours[b % len(colours)],
+                    marker=markers[k % len(markers)],
+                    linestyle="-" if k == 0 else "--",
+                    capsize=3,
+                    label=f"{backbone_label.get(backbone, backbone)}, {method_label.get(method, method)}",
+                )
+        axis.axhline(0.0, color="0.4", linewidth=0.8)
+        low = min((s[quantity].mean for s in gains.values() if quantity in s), default=0.0)
+        if low < -100.0:  # a method far worse than the reference would flatten the others
+            axis.set_yscale("symlog", linthresh=10.0)
+        axis.set_xlim(-0.5, len(sizes) - 0.5)
+        axis.set_xticks(range(len(sizes)), [str(n) for n in sizes])
+        axis.set_xlabel("N_train")
+        reference = method_label.get(study["reference"], study["reference"])
+        scale = ", symlog" if axis.get_yscale() == "symlog" else ""
+        axis.set_ylabel(f"{quantity} RMSE gain over {reference} (%{scale})")
+        axis.set_title(f"({letter}) {quantity} ({dataset_label.get(dataset, dataset)})")
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+    return True
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    """Long format: one row per (dataset, backbone, method, N_train) with numeric means and stds."""
+    summary = summarize(results)
+    rows = []
+    for (dataset, backbone, method, size), metrics in sorted(summary.items()):
+        row = {"dataset": dataset, "backbone": backbone, "method": method, "train_size": size}
+        row["seeds"] = max(stat.count for stat in metrics.values())
+        for metric in ("energy_rmse", "energy_mae", "forces_rmse", "forces_mae", "train_wall_s"):
+            stat = metrics.get(metric)
+            row[f"{metric}_mean"] = None if stat is None else stat.mean
+            row[f"{metric}_std"] = None if stat is None else stat.std
+        rows.append(row)
+    return rows
+
+
+def aggregate(results_dir: Path, out_dir: Path, digits: int = 2) -> str:
+    """Write every table (markdown + CSV), gain plot and the long summary; return the markdown."""
+    results = load_results(results_dir)
+    if not results:
+        raise FileNotFoundError(f"no results in {Path(results_dir) / 'runs'}")
+    tables_dir, figures_dir = out_dir / "tables", out_dir / "figures"
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for study in load_studies(results_dir, results):
+        if not study_results(study, results):
+            continue
+        for dataset in study["datasets"]:
+            table = benchmark_table(study, dataset, results, digits)
+            stem = f"{study['name']}__{dataset}"
+            (tables_dir / f"{stem}.md").write_text(table.to_markdown())
+            table.write_csv(tables_dir / f"{stem}.csv")
+            sections.append(table.to_markdown())
+            if plot_gains(study, dataset, results, figures_dir / f"gain_{stem}.png"):
+                sections.append(f"![relative gains]({Path('..') / 'figures' / f'gain_{stem}.png'})\n")
+        table = runtime_table(study, results)
+        (tables_dir / f"{study['name']}__runtime.md").write_text(table.to_markdown())
+        table.write_csv(tables_dir / f"{study['name']}__runtime.csv")
+        sections.append(table.to_markdown())
+        if study.get("reference"):
+            table = gain_table(study, results)
+            (tables_dir / f"{study['name']}__gains.md").write_text(table.to_markdown())
+            table.write_csv(tables_dir / f"{study['name']}__gains.csv")
+            sections.append(table.to_markdown())
+    rows = summary_rows(results)
+    with open(tables_dir / "summary.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    failures = load_failures(results_dir)
+    if failures:
+        sections.append("Failed runs: " + ", ".join(f["run"] for f in failures) + "\n")
+    text = "\n".join(sections)
+    (tables_dir / "all.md").write_text(text)
+    return text

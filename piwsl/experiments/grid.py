@@ -1,0 +1,395 @@
+"""Grid files: datasets x backbones x methods x N_train x seeds, expanded into runs.
+
+A grid file (YAML, see ``experiments/grids/``) names its building blocks once and combines them
+in studies::
+
+    name: cpu_study
+    datasets:                      # how to prepare each data set, where its run configs live
+      aspirin: {format: rmd17, src: data/rmd17_aspirin_gfn2xtb_500K.npz, configs: configs/rmd17,
+                test_size: 500}
+    backbones:                     # file prefix of the run configs; optionally a smaller model file
+      painn: {config: painn, model: configs/models/painn_small.yml, label: PaiNN}
+    methods:                       # file suffix of the run configs, plus overrides
+      baseline: {config: baseline, label: Baseline}
+      pitc_only: {config: piwsl, label: PITC, overrides: {piwsl: {c_pisc: 0}}}
+    defaults: {seeds: [0, 1, 2], train_sizes: [100, 1000], max_steps: 1500}
+    studies:
+      table1: {datasets: [aspirin], backbones: [painn], methods: [baseline, pitc_only]}
+
+Each run's config is ``<configs>/<backbone.config>_<method.config>.yml`` (an existing config of
+this repository; ``configs`` is the method's directory if it names one, else the data set's) with
+overrides merged on top, in this order: the backbone's model file (its ``model`` and ``optim``
+settings, except those the base config's own text fixes), the data set's, backbone's, method's,
+defaults' and study's ``overrides``, then the data paths and ``optim.max_steps``. Relative paths
+are relative to the repository root. A run is named
+``<dataset>-<backbone>-<method>-n<N_train>-s<seed>[-<study tag>]``; a run that two studies share
+is trained once (its settings must then agree).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class GridError(ValueError):
+    """A grid file that cannot be expanded; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to prepare one data set (``scripts/prepare_data.py``) and where its run configs are.
+
+    ``val_size``/``test_size`` default to prepare_data.py's protocol (N_train but at least 100;
+    10,000 or 1,000); ``split_seed`` fixes the split for every run seed (default: the run's seed).
+    """
+
+    name: str
+    format: str
+    src: str
+    configs: str
+    label: str
+    val_size: int | None = None
+    test_size: int | None = None
+    split_seed: int | None = None
+    prepare_args: tuple[str, ...] = ()
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone: the prefix of its run configs and, optionally, a model file replacing its size."""
+
+    name: str
+    config: str
+    label: str
+    model: str | None = None
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A training method: the suffix of its run configs, overrides, and how tables label it.
+
+    ``group`` puts the method under a column group of its own (e.g. FB/GB in Table 3);
+    ``energy_only`` trains on a split without force labels (``prepare_data.py --energy-only``);
+    ``configs`` takes the run configs from this directory instead of the data set's.
+    """
+
+    name: str
+    config: str
+    label: str
+    group: str | None = None
+    energy_only: bool = False
+    configs: str | None = None
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One table or figure of the paper: which combinations to run and how to present them."""
+
+    name: str
+    title: str
+    datasets: tuple[str, ...]
+    backbones: tuple[str, ...]
+    methods: tuple[str, ...]
+    train_sizes: tuple[int, ...]
+    seeds: tuple[int, ...]
+    max_steps: dict[int, int]
+    reference: str | None = None
+    tag: str | None = None
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run; ``overrides`` already holds everything merged onto the base config."""
+
+    name: str
+    dataset: DatasetSpec
+    backbone: BackboneSpec
+    method: MethodSpec
+    train_size: int
+    seed: int
+    max_steps: int
+    tag: str | None
+    overrides: dict
+
+    @property
+    def base_config(self) -> Path:
+        """The repository config this run starts from."""
+        directory = self.method.configs or self.dataset.configs
+        return resolve(directory) / f"{self.backbone.config}_{self.method.config}.yml"
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.dataset.split_seed is None else self.dataset.split_seed
+
+    @property
+    def data_name(self) -> str:
+        """Directory name of the prepared split this run trains on."""
+        suffix = "-energy_only" if self.method.energy_only else ""
+        return f"{self.dataset.name}-n{self.train_size}-s{self.split_seed}{suffix}"
+
+    def describe(self) -> dict[str, Any]:
+        """The fields a results file and the aggregation identify a run by."""
+        return {
+            "run": self.name,
+            "dataset": self.dataset.name,
+            "dataset_label": self.dataset.label,
+            "backbone": self.backbone.name,
+            "backbone_label": self.backbone.label,
+            "method": self.method.name,
+            "method_label": self.method.label,
+            "method_group": self.method.group,
+            "energy_only": self.method.energy_only,
+            "train_size": self.train_size,
+            "seed": self.seed,
+            "split_seed": self.split_seed,
+            "max_steps": self.max_steps,
+            "tag": self.tag,
+        }
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A parsed grid file: its studies and the runs they expand into (each run once)."""
+
+    name: str
+    description: str
+    studies: tuple[StudySpec, ...]
+    runs: tuple[RunSpec, ...]
+    study_runs: dict[str, tuple[str, ...]]
+
+    def describe(self) -> dict[str, Any]:
+        """What the aggregation needs to lay out tables: studies, their runs, labels and order."""
+        runs = {run.name: run for run in self.runs}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "studies": [
+                {
+                    "name": study.name,
+                    "title": study.title,
+                    "datasets": list(study.datasets),
+                    "backbones": list(study.backbones),
+                    "methods": list(study.methods),
+                    "train_sizes": list(study.train_sizes),
+                    "seeds": list(study.seeds),
+                    "reference": study.reference,
+                    "runs": list(self.study_runs[study.name]),
+                    "labels": _labels([runs[name] for name in self.study_runs[study.name]]),
+                }
+                for study in self.studies
+            ],
+        }
+
+
+def _labels(runs: list[RunSpec]) -> dict[str, dict[str, str | None]]:
+    """Display names of the runs' data sets, backbones and methods, and the methods' column groups."""
+    return {
+        "datasets": {run.dataset.name: run.dataset.label for run in runs},
+        "backbones": {run.backbone.name: run.backbone.label for run in runs},
+        "methods": {run.method.name: run.method.label for run in runs},
+        "groups": {run.method.name: run.method.group for run in runs},
+    }
+
+
+def resolve(path: str | Path) -> Path:
+    """A grid path: absolute as given, else relative to the repository root."""
+    path = Path(path)
+    return path if path.is_absolute() else ROOT / path
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge (values of ``update`` win), as fairchem merges included configs."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+_DATASET_KEYS = {
+    "format",
+    "src",
+    "configs",
+    "label",
+    "val_size",
+    "test_size",
+    "split_seed",
+    "prepare_args",
+    "overrides",
+}
+_BACKBONE_KEYS = {"config", "label", "model", "overrides"}
+_METHOD_KEYS = {"config", "label", "group", "energy_only", "configs", "overrides"}
+_RUN_SETTING_KEYS = {"seeds", "train_sizes", "max_steps", "overrides"}
+_STUDY_KEYS = _RUN_SETTING_KEYS | {"title", "datasets", "backbones", "methods", "reference", "tag"}
+_GRID_KEYS = {"name", "description", "datasets", "backbones", "methods", "defaults", "studies"}
+
+
+def _check_keys(section: Any, allowed: set[str], where: str, required: tuple[str, ...] = ()) -> dict:
+    if not isinstance(section, dict):
+        raise GridError(f"{where} must be a mapping, not {type(section).__name__}")
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise GridError(f"unknown key(s) in {where}: {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    missing = [key for key in required if key not in section]
+    if missing:
+        raise GridError(f"{where} lacks required key(s): {', '.join(missing)}")
+    return section
+
+
+def _max_steps(value: Any, train_sizes: tuple[int, ...], where: str) -> dict[int, int]:
+    """``max_steps``: one number for every N_train, or a mapping N_train -> steps."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {n: value for n in train_sizes}
+    if isinstance(value, dict):
+        steps = {int(n): int(s) for n, s in value.items()}
+        missing = [n for n in train_sizes if n not in steps]
+        if missing:
+            raise GridError(f"{where}.max_steps has no entry for N_train {missing}")
+        return steps
+    raise GridError(f"{where}.max_steps = {value!r}; allowed: an integer or a mapping N_train -> integer")
+
+
+def _int_tuple(value: Any, where: str) -> tuple[int, ...]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise GridError(f"{where} = {value!r}; allowed: an integer or a non-empty list of integers")
+    return tuple(values)
+
+
+def _names(value: Any, known: dict, where: str) -> tuple[str, ...]:
+    names = value if isinstance(value, list) else [value]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise GridError(f"{where} names unknown entries {unknown}; defined: {', '.join(known)}")
+    return tuple(names)
+
+
+def parse_grid(content: dict, name: str = "grid") -> Grid:
+    """Check a grid mapping (as read from YAML) and expand it into runs."""
+    _check_keys(content, _GRID_KEYS, "the grid file", ("datasets", "backbones", "methods", "studies"))
+    datasets = {
+        key: DatasetSpec(
+            name=key,
+            label=str(value.get("label", key)),
+            prepare_args=tuple(str(a) for a in value.get("prepare_args", [])),
+            **{k: v for k, v in value.items() if k not in ("label", "prepare_args")},
+        )
+        for key, value in content["datasets"].items()
+        if _check_keys(value, _DATASET_KEYS, f"datasets.{key}", ("format", "src", "configs"))
+    }
+    backbones = {
+        key: BackboneSpec(
+            name=key, label=str(value.get("label", key)), **{k: v for k, v in value.items() if k != "label"}
+        )
+        for key, value in content["backbones"].items()
+        if _check_keys(value, _BACKBONE_KEYS, f"backbones.{key}", ("config",))
+    }
+    methods = {
+        key: MethodSpec(
+            name=key, label=str(value.get("label", key)), **{k: v for k, v in value.items() if k != "label"}
+        )
+        for key, value in content["methods"].items()
+        if _check_keys(value, _METHOD_KEYS, f"methods.{key}", ("config",))
+    }
+    defaults = _check_keys(content.get("defaults", {}), _RUN_SETTING_KEYS, "defaults")
+    studies = []
+    for key, value in content["studies"].items():
+        section = {**defaults, **_check_keys(value, _STUDY_KEYS, f"studies.{key}")}
+        section["overrides"] = merge(defaults.get("overrides", {}), value.get("overrides", {}))
+        where = f"studies.{key}"
+        for required in ("datasets", "backbones", "methods", "train_sizes", "seeds", "max_steps"):
+            if required not in section:
+                raise GridError(f"{where} lacks '{required}' (and the grid's defaults do not set it)")
+        train_sizes = _int_tuple(section["train_sizes"], f"{where}.train_sizes")
+        method_names = _names(section["methods"], methods, f"{where}.methods")
+        reference = section.get("reference")
+        if reference is not None and reference not in method_names:
+            raise GridError(f"{where}.reference = {reference!r} is not one of the study's methods {method_names}")
+        studies.append(
+            StudySpec(
+                name=key,
+                title=str(section.get("title", key)),
+                datasets=_names(section["datasets"], datasets, f"{where}.datasets"),
+                backbones=_names(section["backbones"], backbones, f"{where}.backbones"),
+                methods=method_names,
+                train_sizes=train_sizes,
+                seeds=_int_tuple(section["seeds"], f"{where}.seeds"),
+                max_steps=_max_steps(section["max_steps"], train_sizes, where),
+                reference=reference,
+                tag=section.get("tag"),
+                overrides=section["overrides"],
+            )
+        )
+    runs: dict[str, RunSpec] = {}
+    study_runs: dict[str, tuple[str, ...]] = {}
+    for study in studies:
+        names = []
+        for run in expand_study(study, datasets, backbones, methods):
+            if run.name in runs and runs[run.name] != run:
+                raise GridError(
+                    f"run {run.name} of study {study.name} differs from the run of that name in another study; "
+                    "give one of the studies a 'tag'"
+                )
+            runs.setdefault(run.name, run)
+            names.append(run.name)
+        study_runs[study.name] = tuple(names)
+    return Grid(
+        name=str(content.get("name", name)),
+        description=str(content.get("description", "")),
+        studies=tuple(studies),
+        runs=tuple(runs.values()),
+        study_runs=study_runs,
+    )
+
+
+def expand_study(
+    study: StudySpec,
+    datasets: dict[str, DatasetSpec],
+    backbones: dict[str, BackboneSpec],
+    methods: dict[str, MethodSpec],
+) -> list[RunSpec]:
+    """The study's runs, ordered dataset, N_train, seed, backbone, method (a table fills up seed by seed)."""
+    runs = []
+    for dataset, train_size, seed, backbone, method in itertools.product(
+        study.datasets, study.train_sizes, study.seeds, study.backbones, study.methods
+    ):
+        data, model, how = datasets[dataset], backbones[backbone], methods[method]
+        overrides = merge(merge(merge(data.overrides, model.overrides), how.overrides), study.overrides)
+        name = f"{dataset}-{backbone}-{method}-n{train_size}-s{seed}" + (f"-{study.tag}" if study.tag else "")
+        runs.append(
+            RunSpec(
+                name=name,
+                dataset=data,
+                backbone=model,
+                method=how,
+                train_size=train_size,
+                seed=seed,
+                max_steps=study.max_steps[train_size],
+                tag=study.tag,
+                overrides=overrides,
+            )
+        )
+    return runs
+
+
+def load_grid(path: Path) -> Grid:
+    """Read and expand a grid file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file not found: {path}")
+    content = yaml.safe_load(path.read_text())
+    return parse_grid(content, name=path.stem)

@@ -1,0 +1,95 @@
+"""Hyper-parameter search over (C_PITC, C_PISC, δr_max) with Optuna (App. B).
+
+Each trial is a run of the grid (the one named, with the trial's values as ``piwsl`` overrides
+and the tag ``hpo<k>``) trained and evaluated by the experiment runner on the **validation**
+split; the test split is never seen. One objective is minimized with TPE; two or more (e.g.
+energy and force RMSE) with Optuna's multi-objective TPE, whose Pareto front is the set of
+"several best hyper-parameters" the paper reports finding. Trials are stored in an SQLite file,
+so an interrupted search continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from piwsl.experiments.grid import RunSpec, merge
+from piwsl.experiments.runner import Options, Paths, RunFailed, execute_run, read_result, run_status
+
+#: Objectives a trial can be scored by: errors on the validation split.
+OBJECTIVES = ("energy_rmse", "energy_mae", "forces_rmse", "forces_mae")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Log-uniform ranges of the loss weights, uniform range of δr_max (Å)."""
+
+    c_pitc: tuple[float, float] = (0.01, 10.0)
+    c_pisc: tuple[float, float] = (1e-4, 1.0)
+    max_displacement: tuple[float, float] = (0.01, 0.1)
+
+
+def trial_run(run: RunSpec, number: int, values: dict[str, float]) -> RunSpec:
+    """The grid run with the trial's piwsl values and its own name."""
+    tag = f"hpo{number}"
+    return dataclasses.replace(
+        run,
+        name=f"{run.name}-{tag}",
+        tag=tag,
+        overrides=merge(run.overrides, {"piwsl": {"method": "piwsl", **values}}),
+    )
+
+
+def search(
+    run: RunSpec, paths: Paths, options: Options, space: SearchSpace, objectives: list[str], trials: int, seed: int = 0
+):
+    """Run ``trials`` more trials (resuming the stored study) and return the Optuna study."""
+    import optuna
+
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown:
+        raise ValueError(f"unknown objective(s) {unknown}; allowed: {', '.join(OBJECTIVES)}")
+    storage = paths.work_dir / "hpo" / f"{run.name}.db"
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    study = optuna.create_study(
+        study_name=run.name,
+        storage=f"sqlite:///{storage}",
+        load_if_exists=True,
+        directions=["minimize"] * len(objectives),
+        sampler=sampler,
+    )
+    evaluate_options = dataclasses.replace(options, eval_split="val")
+
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        values = {
+            "c_pitc": trial.suggest_float("c_pitc", *space.c_pitc, log=True),
+            "c_pisc": trial.suggest_float("c_pisc", *space.c_pisc, log=True),
+            "max_displacement": trial.suggest_float("max_displacement", *space.max_displacement),
+        }
+        spec = trial_run(run, trial.number, values)
+        if run_status(spec, paths) == "done":
+            result = read_result(paths.result_file(spec))
+        else:
+            try:
+                result = execute_run(spec, paths, evaluate_options)
+            except RunFailed as failure:
+                raise optuna.TrialPruned(str(failure).splitlines()[0]) from failure
+        return tuple(float(result["val"][name]) for name in objectives)
+
+    study.optimize(objective, n_trials=trials)
+    return study
+
+
+def trial_rows(study, objectives: list[str]) -> list[dict]:
+    """Completed trials, best first (by the first objective), Pareto-optimal ones marked."""
+    import optuna
+
+    best = {trial.number for trial in study.best_trials}
+    rows = []
+    for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        row = {"trial": trial.number, "pareto": "yes" if trial.number in best else ""}
+        row |= {name: f"{trial.params[name]:.4g}" for name in ("c_pitc", "c_pisc", "max_displacement")}
+        row |= {name: f"{value:.3f}" for name, value in zip(objectives, trial.values, strict=True)}
+        rows.append(row)
+    return sorted(rows, key=lambda row: float(row[objectives[0]]))
