@@ -254,7 +254,11 @@ def runtime_table(study: dict, results: list[dict]) -> Table:
                     key = (dataset, backbone, method, n)
                     row.append(MISSING if stat is None else f"{stat.mean:.0f} ± {stat.std:.0f} / {steps[key]}")
                 table.rows.append(row)
-    table.notes.append("Wall time of the training subprocess (start-up and validation included, test excluded).")
+    total = sum(r["train_wall_s"] + r.get("eval_wall_s", 0.0) for r in mine) / 60.0
+    table.notes.append(
+        "Wall time of the training subprocess (start-up and validation included, test excluded); "
+        f"all {len(mine)} runs of the study took {total:.0f} min of training and testing."
+    )
     return table
 
 
