@@ -352,22 +352,23 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         if pending is None:
             return supervised
         terms = self._consistency_terms(out, batch, pending)
-        if not self._all_finite(pending, terms):
+        logged = {"supervised_loss": supervised} | {f"{name}_loss": value for name, (_, value) in terms.items()}
+        outputs = [pending.displaced.energy, pending.displaced.forces]
+        if pending.displaced_prime is not None:
+            outputs += [pending.displaced_prime.energy, pending.displaced_prime.forces]
+        # One device-to-host copy for the finiteness check and the logged values (a sync on GPUs).
+        finite = torch.stack([torch.isfinite(t).all() for t in outputs + [value for _, value in terms.values()]])
+        values = torch.stack([value.detach().to(finite.device, torch.float64) for value in logged.values()])
+        host = torch.cat([finite.to(torch.float64), values]).tolist()
+        if not all(host[: len(finite)]):
             return self._drop_consistency_terms(batch, supervised)
         self._consecutive_nonfinite_steps = 0
         total = supervised
-        self._log_term("supervised_loss", supervised)
-        for name, (weight, value) in terms.items():
+        for weight, value in terms.values():
             total = total + weight * value
-            self._log_term(f"{name}_loss", value)
+        for name, value in zip(logged, host[len(finite) :], strict=True):
+            self.metrics = self.evaluator.update(name, value, self.metrics)
         return total
-
-    @staticmethod
-    def _all_finite(pending: DisplacedPredictions, terms: dict[str, tuple[float, Tensor]]) -> bool:
-        values = [pending.displaced.energy, pending.displaced.forces] + [value for _, value in terms.values()]
-        if pending.displaced_prime is not None:
-            values += [pending.displaced_prime.energy, pending.displaced_prime.forces]
-        return bool(torch.stack([torch.isfinite(v).all() for v in values]).all())
 
     def _drop_consistency_terms(self, batch: Batch, supervised: Tensor) -> Tensor:
         """The supervised loss alone, from a forward that never saw the non-finite displaced geometries."""
@@ -383,7 +384,7 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
                 f"non-finite predictions at displaced geometries in {limit} consecutive steps (piwsl."
                 "max_nonfinite_steps); lower piwsl.max_displacement or check the model's stability"
             )
-        self._log_term("nonfinite_steps", torch.tensor(float(self._nonfinite_steps)))
+        self.metrics = self.evaluator.update("nonfinite_steps", float(self._nonfinite_steps), self.metrics)
         if not self.batched_forward:
             return supervised  # its graph never touched the displaced copies
         # In the stacked batch, NaN activations of the displaced copies would poison weight gradients
@@ -439,24 +440,39 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
             count = distutils.all_reduce(count, device=per_structure.device)
         return per_structure.sum() * world_size / count.clamp_min(1.0)
 
-    def _log_term(self, name: str, value: Tensor) -> None:
-        self.metrics = self.evaluator.update(name, float(value.detach()), self.metrics)
-
     # ------------------------------------------------------------------ metrics
     def _compute_metrics(
         self, out: dict[str, Tensor], batch: Batch, evaluator: Evaluator, metrics: dict | None = None
     ) -> dict:
-        """fairchem's metrics over the targets this batch has labels for (energy-only sets lack forces)."""
-        labelled = [target for target in self.output_targets if target in batch.keys()]
-        if len(labelled) == len(self.output_targets):
-            return super()._compute_metrics(out, batch, evaluator, metrics)
-        restricted = Evaluator(
-            task=self.name,
-            eval_metrics={k: v for k, v in evaluator.target_metrics.items() if k in labelled},
-        )
-        all_targets = self.output_targets
-        self.output_targets = {k: v for k, v in all_targets.items() if k in labelled}
-        try:
-            return super()._compute_metrics({k: v for k, v in out.items() if k in labelled}, batch, restricted, metrics)
-        finally:
-            self.output_targets = all_targets
+        """fairchem's metrics, over the targets this batch has labels for (energy-only sets lack forces).
+
+        Same values as ``OCPTrainer._compute_metrics`` (per-atom targets on free atoms only, ``natoms``
+        counting free atoms), but the free-atom counts come from one scatter instead of a Python loop
+        with a host sync per structure, and predictions are detached (metrics need no autograd graph).
+        """
+        labelled = {name: info for name, info in self.output_targets.items() if name in batch.keys()}
+        if len(labelled) < len(self.output_targets):
+            evaluator = Evaluator(
+                task=self.name,
+                eval_metrics={k: v for k, v in evaluator.target_metrics.items() if k in labelled},
+            )
+        fixed = getattr(batch, "fixed", None)
+        free = torch.ones_like(batch.batch, dtype=torch.bool) if fixed is None else fixed == 0
+        free_atoms = torch.zeros_like(batch.natoms).index_add_(0, batch.batch, free.to(batch.natoms.dtype))
+        predictions: dict[str, Tensor] = {}
+        targets: dict[str, Tensor] = {}
+        for name, info in labelled.items():
+            prediction, target = out[name].detach(), batch[name]
+            if info["level"] == "atom":
+                if info.get("eval_on_free_atoms", True):
+                    prediction, target = prediction[free], target[free]
+                target = target.reshape(prediction.shape[0], -1)
+            else:
+                target = target.reshape(int(batch.natoms.numel()), -1)
+            predictions[name] = self._denorm_preds(name, prediction, batch)
+            targets[name] = target
+        predictions["natoms"] = targets["natoms"] = free_atoms
+        for key in batch.keys():
+            if key not in self.output_targets and key != "natoms" and isinstance(batch[key], Tensor):
+                predictions[key] = targets[key] = batch[key].to(self.device)
+        return evaluator.eval(predictions, targets, prev_metrics=metrics)

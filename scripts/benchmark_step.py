@@ -2,7 +2,9 @@
 
 All variants run in one process and are timed round-robin (one step of each in turn), so that a
 noisy machine slows them alike; the ratios PIWSL/baseline and batched/sequential are medians over
-``--steps`` timed steps after ``--warmup`` untimed ones. Memory: the bytes autograd saves for the
+``--steps`` timed steps after ``--warmup`` untimed ones. A step is the body of fairchem's training
+loop (forward, loss, training metrics, backward, optimizer step); loading batches, validation and
+checkpoints are left out, as they cost the same with or without PIWSL. Memory: the bytes autograd saves for the
 backward pass (activations) per step on CPU, and the peak allocated memory on a GPU.
 
 Example: python scripts/benchmark_step.py --model painn_small --batch-size 8 --steps 30 --json step.json
@@ -11,6 +13,7 @@ Example: python scripts/benchmark_step.py --model painn_small --batch-size 8 --s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -58,6 +61,9 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep glibc's default malloc settings (main.py tunes them for CPU runs; see piwsl.cpu_memory)",
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's, i.e. OMP_NUM_THREADS)"
+    )
     parser.add_argument("--piwsl", default="{}", help="extra piwsl settings for the PIWSL variants, as YAML/JSON")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     return parser
@@ -100,13 +106,14 @@ class SavedTensorMeter:
 
 
 def training_step(trainer, batch, meter: SavedTensorMeter | None = None) -> None:
+    """The body of fairchem's training loop: forward, loss, training metrics, backward and optimizer step."""
     trainer.model.train()
     trainer.step += 1
-    if meter is None:
-        loss = trainer._compute_loss(trainer._forward(batch), batch)
-    else:
-        with meter.hooks():
-            loss = trainer._compute_loss(trainer._forward(batch), batch)
+    with meter.hooks() if meter is not None else contextlib.nullcontext():
+        out = trainer._forward(batch)
+        loss = trainer._compute_loss(out, batch)
+    trainer.metrics = trainer._compute_metrics(out, batch, trainer.evaluator, trainer.metrics)
+    trainer.metrics = trainer.evaluator.update("loss", loss.item(), trainer.metrics)
     trainer._backward(loss)
 
 
@@ -163,6 +170,8 @@ def run(args: argparse.Namespace) -> dict:
     from piwsl.data.formats import read_rmd17
     from piwsl.data.prepare import prepare_dataset
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     malloc_tuned = not args.no_malloc_tuning and tune_malloc_for_tensors()
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     logging.disable(logging.WARNING)
@@ -184,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     print(
         f"model {args.model}, forces {summary['force_mode']}, batch {args.batch_size}, {args.steps} steps, "
-        f"malloc tuned: {malloc_tuned}"
+        f"{summary['threads']} thread(s), malloc tuned: {malloc_tuned}"
     )
     print(f"{'device':8s} {'variant':18s} {'median step (ms)':>17s} {'activations (MB)':>17s} {'peak GPU (MB)':>14s}")
     for result in results:

@@ -174,3 +174,20 @@ def test_gradient_forces_stay_minus_the_gradient_of_the_energy_in_physical_units
     geometry = trainer._physical(batch, out)
     (gradient,) = torch.autograd.grad(geometry.energy.sum(), batch.pos)
     assert torch.allclose(geometry.forces, -gradient, rtol=1e-4, atol=1e-4 * float(gradient.abs().max()))
+
+
+def test_metrics_equal_fairchems_without_its_per_structure_loop(data, tmp_path):
+    from fairchem.core.trainers import OCPTrainer
+
+    trainer = make_trainer(tiny_config(data, tmp_path, {"method": "baseline"}))
+    batch = first_batch(trainer)
+    batch.fixed[::3] = 1  # free-atom counting and masking must match fairchem's
+    trainer.model.eval()
+    with torch.no_grad():
+        out = trainer._forward(batch)
+    ours = trainer._compute_metrics(out, batch, trainer.evaluator)
+    reference = OCPTrainer._compute_metrics(trainer, out, batch, trainer.evaluator)
+    assert ours.keys() == reference.keys() and len(ours) >= 4
+    for name, value in reference.items():
+        assert ours[name]["metric"] == pytest.approx(value["metric"], rel=1e-6), name
+        assert ours[name]["numel"] == value["numel"], name
