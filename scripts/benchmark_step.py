@@ -65,6 +65,14 @@ def get_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="CPU threads for torch (default: torch's, i.e. OMP_NUM_THREADS)"
     )
     parser.add_argument("--piwsl", default="{}", help="extra piwsl settings for the PIWSL variants, as YAML/JSON")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also profile K steps of each variant with torch.profiler and report its top operators "
+        "(self time, calls, time per call): where the time goes, and how it changes in the stacked batch",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     return parser
 
@@ -117,6 +125,28 @@ def training_step(trainer, batch, meter: SavedTensorMeter | None = None) -> None
     trainer._backward(loss)
 
 
+def profile_steps(trainer, batches: list, steps: int, device: str, top: int = 12) -> list[dict]:
+    """The ``top`` operators of ``steps`` training steps by self time (device time on GPUs), per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([] if device == "cpu" else [ProfilerActivity.CUDA])
+    with profile(activities=activities) as profiler:
+        for step in range(steps):
+            training_step(trainer, batches[step % len(batches)])
+        synchronize(device)
+    key = "self_cpu_time_total" if device == "cpu" else "self_device_time_total"
+    events = sorted(profiler.key_averages(), key=lambda event: getattr(event, key), reverse=True)[:top]
+    return [
+        {
+            "operator": event.key,
+            "self_ms_per_step": getattr(event, key) / 1000 / steps,
+            "calls_per_step": event.count / steps,
+            "us_per_call": getattr(event, key) / max(event.count, 1),
+        }
+        for event in events
+    ]
+
+
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -155,6 +185,8 @@ def benchmark_device(args: argparse.Namespace, device: str, data_dir: Path, work
             "saved_activations_mb": meter.bytes / 2**20,
             "peak_gpu_mb": None if cpu else torch.cuda.max_memory_allocated() / 2**20,
         }
+        if args.profile > 0:
+            result["variants"][name]["profile"] = profile_steps(trainer, batches, args.profile, device)
     variants = result["variants"]
     baseline = variants["supervised"]["median_step_s"]
     result["ratios"] = {
@@ -205,6 +237,14 @@ def run(args: argparse.Namespace) -> dict:
             )
         ratios = ", ".join(f"{k} = {v:.2f}" for k, v in result["ratios"].items())
         print(f"{result['device']:8s} ratios: {ratios}")
+        for name, variant in result["variants"].items():
+            if "profile" in variant:
+                print(f"{result['device']} {name}: top operators (self ms per step, calls per step, us per call)")
+                for row in variant["profile"][:8]:
+                    print(
+                        f"  {row['operator'][:48]:48s} {row['self_ms_per_step']:8.2f} {row['calls_per_step']:7.0f} "
+                        f"{row['us_per_call']:9.1f}"
+                    )
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=1))
     return summary

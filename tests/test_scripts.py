@@ -20,11 +20,13 @@ def test_benchmark_step_writes_ratios_for_every_variant(tmp_path):
     output = tmp_path / "step.json"
     run_script(
         "scripts/benchmark_step.py", "--model", "painn_small", "--batch-size", "2", "--steps", "2",
-        "--warmup", "0", "--data", str(ETHANOL), "--devices", "cpu", "--json", str(output),
+        "--warmup", "0", "--data", str(ETHANOL), "--devices", "cpu", "--profile", "1", "--json", str(output),
     )  # fmt: skip
     result = json.loads(output.read_text())["results"][0]
     assert set(result["variants"]) == {"supervised", "piwsl_sequential", "piwsl_batched"}
     assert all(v["median_step_s"] > 0 and v["saved_activations_mb"] > 0 for v in result["variants"].values())
+    profile = result["variants"]["piwsl_batched"]["profile"]
+    assert len(profile) > 3 and all(row["self_ms_per_step"] >= 0 and row["calls_per_step"] > 0 for row in profile)
     assert set(result["ratios"]) == {"piwsl_batched/supervised", "piwsl_sequential/supervised", "batched/sequential"}
 
 
