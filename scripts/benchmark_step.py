@@ -220,7 +220,10 @@ def run(args: argparse.Namespace) -> dict:
         "steps": args.steps,
         "threads": torch.get_num_threads(),
         "malloc_tuned": malloc_tuned,
-        "data": str(args.data),
+        "piwsl_settings": yaml.safe_load(args.piwsl) or {},
+        "data": str(args.data.resolve().relative_to(ROOT))
+        if args.data.resolve().is_relative_to(ROOT)
+        else str(args.data),
         "results": results,
     }
     print(

@@ -27,6 +27,12 @@ def test_benchmark_step_writes_ratios_for_every_variant(tmp_path):
     assert all(v["median_step_s"] > 0 and v["saved_activations_mb"] > 0 for v in result["variants"].values())
     profile = result["variants"]["piwsl_batched"]["profile"]
     assert len(profile) > 3 and all(row["self_ms_per_step"] >= 0 and row["calls_per_step"] > 0 for row in profile)
+    table = run_script("scripts/benchmark_table.py", str(output), "--out", str(tmp_path / "table.md")).stdout
+    row = table.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "painn_small" and float(row[-3]) == pytest.approx(
+        result["ratios"]["batched/sequential"], abs=0.01
+    )
+    assert (tmp_path / "table.md").read_text() == table
     assert set(result["ratios"]) == {"piwsl_batched/supervised", "piwsl_sequential/supervised", "batched/sequential"}
 
 
@@ -43,7 +49,14 @@ def test_taylor_remainder_shrinks_quadratically_on_the_reference(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script", ["scripts/demo.py", "scripts/evaluate.py", "scripts/benchmark_step.py", "scripts/taylor_remainder.py"]
+    "script",
+    [
+        "scripts/demo.py",
+        "scripts/evaluate.py",
+        "scripts/benchmark_step.py",
+        "scripts/benchmark_table.py",
+        "scripts/taylor_remainder.py",
+    ],
 )
 def test_help_explains_the_flags(script):
     assert "--" in run_script(script, "--help").stdout
