@@ -5,11 +5,20 @@
 and returns ASE units: energy in eV, forces in eV/Å. The energy is on the training data's scale:
 total energies for rMD17-style data, energies less the per-element self energies where the data
 were prepared with them subtracted (ANI-1x, TiO2, LMNTO); differences are unaffected.
-``predict`` gives batched predictions in the data's units (kcal/mol, kcal/mol/Å) for diagnostics.
+``predict`` gives batched predictions in the training data's units for diagnostics.
+
+Units: the model predicts in the units of its training data, which ``scripts/prepare_data.py``
+stores in kcal/mol and kcal/mol/Å (the default ``energy_unit="kcal/mol"``); for a model trained
+on data in eV and eV/Å pass ``energy_unit="eV"``, or ASE gets energies 23x too large.
+
+Use ``best_checkpoint.pt``: it holds the best-validation weights with the exponential moving
+average (EMA) applied. ``checkpoint.pt`` holds the raw training weights (its EMA is stored
+separately and not used in inference), so it predicts with other weights than were validated.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +29,10 @@ from ase.calculators.calculator import Calculator, all_changes
 from fairchem.core.datasets import data_list_collater
 
 from piwsl.data.structures import Structure
-from piwsl.data.units import EV_TO_KCAL_PER_MOL
+from piwsl.data.units import KCAL_PER_MOL_PER
+
+#: Units the training energies of a model may be in (forces: the same per Å); see ``PIWSLCalculator``.
+ENERGY_UNITS = ("kcal/mol", "eV")
 
 
 def atoms_to_data(atoms: Atoms, index: int = 0):
@@ -39,21 +51,39 @@ def atoms_to_data(atoms: Atoms, index: int = 0):
 
 
 class PIWSLCalculator(Calculator):
-    """ASE calculator for a checkpoint written by ``main.py`` (``best_checkpoint.pt``, ``checkpoint.pt``).
+    """ASE calculator for a checkpoint written by ``main.py``: use ``best_checkpoint.pt`` (EMA weights).
 
     Args:
-        checkpoint: path of the checkpoint.
+        checkpoint: path of the checkpoint; loading a ``checkpoint.pt`` logs a warning (raw, not EMA, weights).
         cpu: run on the CPU (default) or on the GPU.
         batch_size: structures per forward pass in ``predict``.
+        energy_unit: unit of the model's training energies, ``"kcal/mol"`` (this repository's prepared
+            data, default) or ``"eV"``; forces are in that unit per Å. ASE results are converted to eV, eV/Å.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
-    def __init__(self, checkpoint: str | Path, cpu: bool = True, batch_size: int = 32, **kwargs) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        cpu: bool = True,
+        batch_size: int = 32,
+        energy_unit: str = "kcal/mol",
+        **kwargs,
+    ) -> None:
         from piwsl.evaluate import load_trainer
 
+        if energy_unit not in ENERGY_UNITS:
+            raise ValueError(f"energy_unit {energy_unit!r}; allowed: {', '.join(ENERGY_UNITS)}")
         super().__init__(**kwargs)
         self.checkpoint = Path(checkpoint)
+        if self.checkpoint.name == "checkpoint.pt":
+            logging.warning(
+                f"{self.checkpoint}: checkpoint.pt predicts with the raw training weights, not the EMA weights "
+                "that were validated; use best_checkpoint.pt of the same directory"
+            )
+        self.energy_unit = energy_unit
+        self.ev_per_unit = KCAL_PER_MOL_PER[energy_unit] / KCAL_PER_MOL_PER["eV"]
         self.trainer = load_trainer(self.checkpoint, cpu=cpu)
         self.trainer.model.eval()
         self.batch_size = batch_size
@@ -64,7 +94,7 @@ class PIWSLCalculator(Calculator):
         return bool(getattr(self.trainer._unwrapped_model, "direct_forces", False))
 
     def predict(self, structures: list[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Energies (B,) in kcal/mol and forces (N_b, 3) per structure in kcal/mol/Å."""
+        """Energies (B,) and forces (N_b, 3) per structure in the training data's units (``energy_unit``, per Å)."""
         energies, forces = [], []
         for start in range(0, len(structures), self.batch_size):
             chunk = structures[start : start + self.batch_size]
@@ -79,7 +109,7 @@ class PIWSLCalculator(Calculator):
         return np.concatenate(energies), forces
 
     def predict_positions(self, atoms: Atoms, positions: np.ndarray) -> np.ndarray:
-        """Forces (K, N, 3) in kcal/mol/Å of ``atoms`` moved to each of ``positions`` (K, N, 3), in Å."""
+        """Forces (K, N, 3) (``energy_unit``/Å) of ``atoms`` moved to each of ``positions`` (K, N, 3), in Å."""
         structures = []
         for geometry in positions:
             copy = atoms.copy()
@@ -92,5 +122,5 @@ class PIWSLCalculator(Calculator):
     ) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
         energies, forces = self.predict([self.atoms])
-        energy = float(energies[0]) / EV_TO_KCAL_PER_MOL
-        self.results = {"energy": energy, "free_energy": energy, "forces": forces[0] / EV_TO_KCAL_PER_MOL}
+        energy = float(energies[0]) * self.ev_per_unit
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces[0] * self.ev_per_unit}

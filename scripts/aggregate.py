@@ -1,11 +1,14 @@
 """Tables and figures of a results directory, in the layout of the paper's Tables 1-3 and Fig. 2a/b.
 
-Reads RESULTS_DIR/runs/*.json (written by scripts/run_experiments.py) and RESULTS_DIR/grid.json,
-prints the tables as markdown and writes, under --out (default RESULTS_DIR):
+Reads RESULTS_DIR/runs/*.json (written by scripts/run_experiments.py) and RESULTS_DIR/grid.json.
+Only the grid's runs count, and only results with the config hash grid.json gives the run: a
+result of an older config (the grid changed since) is skipped and listed in a warning and at the
+end of all.md. Results are grouped by data set, backbone, method, N_train and study tag. Prints
+the tables as markdown and writes, under --out (default RESULTS_DIR):
   tables/<study>__<dataset>.md|.csv   test RMSE, mean ± sample std over seeds (Table 1/2/3 layout)
   tables/<study>__gains.md|.csv       per-seed relative gain over the study's reference method
   tables/<study>__runtime.md|.csv     training wall time and steps per run
-  tables/summary.csv                  every (dataset, backbone, method, N_train): means, stds, seeds
+  tables/summary.csv                  every (dataset, backbone, method, N_train, tag): means, stds, seeds
   tables/all.md                       everything above in one file
   figures/gain_<study>__<dataset>.png relative energy (a) and force (b) RMSE gain vs N_train (Fig. 2a/b)
 

@@ -1,11 +1,13 @@
 """Hyper-parameter search for (C_PITC, C_PISC, δr_max) with Optuna, as the paper did (App. B).
 
-Every trial trains one run of a grid file (--run, e.g. ani1x-painn-piwsl-n1000-s0) with the
-trial's values in its piwsl section and scores the best-validation checkpoint on the VALIDATION
-split (the paper tuned on a separately drawn 1K ANI-1x split: give the grid's data set a
-split_seed of its own, as experiments/grids/paper_hpo.yml does). One --objective: TPE; two or
-more: multi-objective TPE and a Pareto front. Trials are stored in WORK_DIR/hpo/<run>.db, so
-rerunning continues the search; trained trials are reused.
+Every trial trains one run of a grid file (--run, a run of method piwsl, e.g.
+ani1x-painn-piwsl-n1000-s0) with the trial's values in its piwsl section and scores the
+best-validation checkpoint on the VALIDATION split (the paper tuned on a separately drawn 1K
+ANI-1x split: give the grid's data set a split_seed of its own, as experiments/grids/paper_hpo.yml
+does). One --objective: TPE; two or more: multi-objective TPE and a Pareto front. Trials are
+stored in WORK_DIR/hpo/<run>.db with their objectives: rerunning with the same --objective(s)
+adds --trials trials to the search (other objectives are refused). A trial interrupted during
+training is not resumed; the next trial trains from scratch.
 
 Writes RESULTS_DIR/hpo/<run>/trials.md|.csv (completed trials, best first, Pareto-optimal marked)
 and the trials' result files under RESULTS_DIR/hpo/<run>/runs/.
@@ -23,8 +25,8 @@ from pathlib import Path
 
 from piwsl.experiments.diagnostics import write_table
 from piwsl.experiments.grid import ROOT, GridError, load_grid
-from piwsl.experiments.hpo import OBJECTIVES, SearchSpace, search, trial_rows
-from piwsl.experiments.runner import Options, Paths
+from piwsl.experiments.hpo import OBJECTIVES, HPOError, SearchSpace, search, trial_rows
+from piwsl.experiments.runner import Options, Paths, RunFailed
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
         print(run(args))
-    except (GridError, ValueError) as error:
+    except (GridError, HPOError, RunFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

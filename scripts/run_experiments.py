@@ -7,6 +7,11 @@ hash, seed, steps, wall time and test errors. Rerunning the command skips finish
 resumes interrupted ones from their last checkpoint. With --launcher slurm the unfinished runs go
 to SLURM as one submitit array job (splits are prepared here first).
 
+Prepared splits (DATA_DIR/<dataset>-n<N>-s<split seed>) are never overwritten: a split that holds
+other data than the grid asks for (source, checksum, sizes, arguments) is an error; give such a
+grid a --data-dir of its own. Locally, Ctrl+C or SIGTERM stop the training at a step boundary with
+a checkpoint (a second one kills it); a run another runner is training is skipped with an error.
+
 Examples:
   python scripts/run_experiments.py --grid experiments/grids/cpu_study.yml --list
   python scripts/run_experiments.py --grid experiments/grids/cpu_study.yml --only 'aspirin-painn-*-n100-*'
@@ -60,7 +65,9 @@ def get_parser() -> argparse.ArgumentParser:
         "--only", action="append", default=None, help="run only runs whose name matches this glob (repeatable)"
     )
     parser.add_argument(
-        "--list", action="store_true", help="print the runs and their status (done/partial/todo), run none"
+        "--list",
+        action="store_true",
+        help="print the runs and their status (done/partial/todo); runs nothing and writes nothing",
     )
     parser.add_argument("--prepare-only", action="store_true", help="prepare the data splits of the runs and stop")
     parser.add_argument(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
 import os
+import signal
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ import pytest
 import torch
 import yaml
 from analytic import morse_energy_and_forces, random_molecules
+from ase.calculators.calculator import Calculator, all_changes
 from trainer_helpers import ETHANOL, ROOT, TINY_PAINN, make_trainer, prepare_ethanol, tiny_config
 
 from piwsl.data.formats import read_rmd17
@@ -22,7 +27,9 @@ from piwsl.data.prepare import prepare_dataset
 from piwsl.data.units import EV_TO_KCAL_PER_MOL
 from piwsl.experiments import aggregate as agg
 from piwsl.experiments import runner
+from piwsl.experiments.diagnostics import DiagnosticInputError, diagnostic_main
 from piwsl.experiments.grid import GridError, load_grid, parse_grid
+from piwsl.experiments.md import Trajectory, stability_row
 from piwsl.experiments.rotation import force_jacobian, rotation
 
 SCRIPTS = [
@@ -148,6 +155,21 @@ def test_status_is_done_only_for_results_with_the_current_config_hash(tmp_path):
     assert runner.run_status(run, paths) == "done"
     changed = parse_grid(grid_content(tmp_path, overrides={"optim": {"lr_initial": 5e-4}})).runs[0]
     assert runner.run_status(changed, paths) == "todo", "a changed config must not reuse results or checkpoints"
+    assert stat.S_IMODE(paths.result_file(run).stat().st_mode) == 0o644, "results must be readable by others"
+
+
+def test_list_writes_nothing_and_grid_json_holds_each_runs_config_hash(tmp_path, capsys):
+    grid_file = tmp_path / "grid.yml"
+    grid_file.write_text(yaml.safe_dump(grid_content(tmp_path)))
+    work, results = tmp_path / "work", tmp_path / "results"
+    arguments = ["--grid", str(grid_file), "--results-dir", str(results), "--work-dir", str(work)]
+    assert load_script("scripts/run_experiments.py").main([*arguments, "--list"]) == 0
+    assert capsys.readouterr().out.count("todo") == 8
+    assert not work.exists() and not results.exists()
+    paths = paths_in(tmp_path)
+    grid = parse_grid(grid_content(tmp_path))
+    hashes = runner.grid_description(grid, paths)["config_hashes"]
+    assert hashes == {run.name: runner.write_config(run, paths)[2] for run in grid.runs}
 
 
 def test_local_runner_skips_finished_runs_and_goes_on_after_a_failure(tmp_path, monkeypatch):
@@ -167,6 +189,128 @@ def test_local_runner_skips_finished_runs_and_goes_on_after_a_failure(tmp_path, 
     failures = runner.run_locally(runs, paths, runner.Options(progress=False))
     assert executed == [runs[1].name, runs[2].name]
     assert len(failures) == 1 and runs[1].name in failures[0]
+
+
+def test_any_error_of_a_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+    paths = paths_in(tmp_path)
+    runs = parse_grid(grid_content(tmp_path)).runs[:2]
+    out_of_memory = torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    def failing_prepare(run, paths):
+        raise out_of_memory if run is runs[0] else KeyError("split_sizes")
+
+    monkeypatch.setattr(runner, "prepare_split", failing_prepare)
+    with pytest.raises(runner.RunFailed, match="OutOfMemoryError") as failure:
+        runner.execute_run(runs[0], paths, runner.Options(progress=False))
+    assert failure.value.__cause__ is out_of_memory
+    failures = runner.run_locally(runs, paths, runner.Options(progress=False))
+    assert len(failures) == 2 and "KeyError" in failures[1]
+    for run in runs:
+        record = json.loads(paths.failure_file(run).read_text())
+        assert record["run"] == run.name and ("OutOfMemoryError" in record["error"] or "KeyError" in record["error"])
+
+
+def test_a_run_another_runner_holds_is_refused_without_a_failure_record(tmp_path):
+    paths = paths_in(tmp_path)
+    run = parse_grid(grid_content(tmp_path)).runs[0]
+    _, _, config_hash = runner.write_config(run, paths)
+    with runner.run_lock(run, paths.checkpoint_dir(runner.run_id(run, config_hash))):
+        with pytest.raises(runner.RunLocked, match=run.name):
+            runner.execute_run(run, paths, runner.Options(progress=False))
+    assert not paths.failure_file(run).exists()
+
+
+def test_training_attempts_are_recorded_per_run_id_also_when_failed_or_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "POLL_SECONDS", 0.05)
+    paths = paths_in(tmp_path)
+    run = parse_grid(grid_content(tmp_path)).runs[0]
+    timing, other = paths.timing_file(runner.run_id(run, "a" * 12)), paths.timing_file(runner.run_id(run, "b" * 12))
+    with pytest.raises(runner.RunFailed, match="exited with 3"):
+        runner._train(run, paths, [sys.executable, "-c", "import sys; sys.exit(3)"], timing)
+    attempts = runner._train(run, paths, [sys.executable, "-c", "pass"], timing)
+    assert [attempt["returncode"] for attempt in attempts] == [3, 0] and all(a["wall_s"] > 0 for a in attempts)
+    ready, stopped_marker = tmp_path / "ready", tmp_path / "stopped"
+    trainer = (
+        "import pathlib, signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path({str(stopped_marker)!r}).touch(), sys.exit(143)))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+
+    def interrupt_when_ready() -> None:
+        while not ready.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_ready, daemon=True).start()
+    with pytest.raises(SystemExit) as stopped:
+        runner._train(run, paths, [sys.executable, "-c", trainer], other)
+    assert stopped.value.code == 128 + signal.SIGINT, "the runner stops after the trainer"
+    assert stopped_marker.exists(), "SIGINT must reach the trainer as SIGTERM"
+    assert [attempt["returncode"] for attempt in json.loads(other.read_text())] == [143]
+    assert len(json.loads(timing.read_text())) == 2, "attempts of another run id must stay apart"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ------------------------------------------------------------------------------------------ prepared data
+def test_prepared_data_are_reused_checked_and_never_overwritten(tmp_path):
+    source = tmp_path / "ethanol.npz"
+    source.write_bytes(ETHANOL.read_bytes())
+    content = grid_content(tmp_path)
+    content["datasets"]["ethanol"]["src"] = str(source)
+    paths = paths_in(tmp_path)
+    run = parse_grid(content).runs[0]
+    split = paths.data(run)
+    prepare_dataset(read_rmd17(source), split, 16, 8, 16, 0, source, "rmd17")  # as an earlier runner left it
+    written = (split / "metadata.json").stat().st_mtime_ns
+    assert runner.prepare_split(run, paths) == split and (split / "metadata.json").stat().st_mtime_ns == written
+
+    def asking(**dataset) -> runner.RunSpec:
+        changed = grid_content(tmp_path)
+        changed["datasets"]["ethanol"] |= {"src": str(source)} | dataset
+        return parse_grid(changed).runs[0]
+
+    for other, difference in [
+        (asking(test_size=12), "split_sizes.test"),
+        (asking(val_size=10), "split_sizes.val"),
+        (asking(prepare_args=["--skip-unit-check"]), "prepare_args"),
+        (asking(src=str(ETHANOL)), "source"),
+    ]:
+        with pytest.raises(runner.PreparedDataMismatch, match=difference) as mismatch:
+            runner.prepare_split(other, paths)
+        assert str(split) in str(mismatch.value) and "--data-dir" in str(mismatch.value)
+    data = dict(np.load(source))
+    np.savez(source, **data | {"energies": data["energies"] + 1.0})
+    with pytest.raises(runner.PreparedDataMismatch, match="source_sha256"):
+        runner.prepare_split(run, paths)
+    assert (split / "metadata.json").stat().st_mtime_ns == written, "prepared data must never be overwritten"
+
+
+def test_test_size_must_be_the_requested_one_unless_the_source_is_too_small(tmp_path):
+    content = grid_content(tmp_path)
+    content["datasets"]["ethanol"] |= {"test_size": 16}
+    run = next(run for run in parse_grid(content).runs if run.train_size == 32)  # 60 frames: 20 left for test
+    smaller = tmp_path / "smaller"
+    prepare_dataset(read_rmd17(ETHANOL), smaller, 32, 8, 12, run.split_seed, ETHANOL, "rmd17")
+    assert runner.split_mismatches(smaller, run) == ["split_sizes.test is 12, the run asks for 16"]
+    content["datasets"]["ethanol"] |= {"test_size": 100}
+    run = next(run for run in parse_grid(content).runs if run.train_size == 32)
+    everything_left = tmp_path / "everything_left"
+    prepare_dataset(read_rmd17(ETHANOL), everything_left, 32, 8, 100, run.split_seed, ETHANOL, "rmd17")
+    assert runner.split_mismatches(everything_left, run) == []
+
+
+def test_a_partly_written_split_is_rebuilt_with_a_record_of_its_request(tmp_path):
+    paths = paths_in(tmp_path)
+    run = parse_grid(grid_content(tmp_path)).runs[0]
+    split = paths.data(run)
+    (split / "train").mkdir(parents=True)
+    (split / "train" / "leftover").write_text("")
+    assert runner.prepare_split(run, paths) == split
+    assert json.loads((split / "metadata.json").read_text())["split_sizes"] == {"train": 16, "val": 8, "test": 16}
+    assert json.loads((split / runner.SPLIT_REQUEST_FILE).read_text())["test_size"] == 16
+    assert not (split / "train" / "leftover").exists()
+    assert runner.split_mismatches(split, run) == []
 
 
 def test_end_to_end_run_writes_results_and_is_skipped_when_rerun(tmp_path):
@@ -223,6 +367,7 @@ def synthetic_results(tmp_path: Path) -> Path:
                 names.append(name)
                 result = {
                     "run": name,
+                    "config_hash": "current",
                     "dataset": "d",
                     "backbone": "m",
                     "backbone_label": "Model",
@@ -252,7 +397,8 @@ def synthetic_results(tmp_path: Path) -> Path:
         "reference": "baseline",
         "runs": names,
     }
-    runner.write_json_atomic(tmp_path / "grid.json", {"studies": [study]})
+    grid = {"studies": [study], "config_hashes": dict.fromkeys(names, "current")}
+    runner.write_json_atomic(tmp_path / "grid.json", grid)
     return tmp_path
 
 
@@ -281,14 +427,44 @@ def test_relative_gains_are_paired_per_seed_and_plotted(tmp_path):
     results = agg.load_results(results_dir)
     (study,) = agg.load_studies(results_dir, results)
     gains = agg.relative_gains(study, results)
-    assert gains[("d", "m", "piwsl", 100)]["energy"].mean == pytest.approx(20.0)
-    assert gains[("d", "m", "piwsl", 100)]["energy"].std == pytest.approx(0.0, abs=1e-9)
+    assert gains[("d", "m", "piwsl", 100, None)]["energy"].mean == pytest.approx(20.0)
+    assert gains[("d", "m", "piwsl", 100, None)]["energy"].std == pytest.approx(0.0, abs=1e-9)
     text = agg.aggregate(results_dir, tmp_path / "out")
     assert "+20.0 ± 0.0" in text
     figure = tmp_path / "out/figures/gain_s__d.png"
     assert figure.stat().st_size > 10_000
     rows = (tmp_path / "out/tables/summary.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 and rows[0].startswith("dataset,backbone,method,train_size,seeds")
+    assert len(rows) == 1 + 4 and rows[0].startswith("dataset,backbone,method,train_size,tag,seeds")
+
+
+def test_aggregation_uses_only_the_grids_runs_with_their_current_config_hash(tmp_path, capsys):
+    results_dir = synthetic_results(tmp_path)
+    stale = json.loads((results_dir / "runs/d-m-piwsl-n100-s2.json").read_text())
+    runner.write_json_atomic(results_dir / "runs/d-m-piwsl-n100-s2.json", stale | {"config_hash": "old"})
+    foreign = stale | {"run": "d-m-piwsl-n100-s9", "seed": 9, "test": stale["test"] | {"energy_rmse": 1e6}}
+    runner.write_json_atomic(results_dir / "runs/d-m-piwsl-n100-s9.json", foreign)
+    text = agg.aggregate(results_dir, tmp_path / "out")
+    warning = capsys.readouterr().err
+    assert "d-m-piwsl-n100-s2" in warning and "old" in warning and "n100-s9" not in warning
+    assert "16.00 ± 8.00" not in text and "12.00 ± 5.66 (n=2)" in text, "the stale seed must not count"
+    assert "+20.0 ± 0.0 (n=2)" in text
+    rows = list(csv.DictReader((tmp_path / "out/tables/summary.csv").read_text().splitlines()))
+    piwsl_100 = next(row for row in rows if row["method"] == "piwsl" and row["train_size"] == "100")
+    assert piwsl_100["seeds"] == "2" and float(piwsl_100["energy_rmse_mean"]) == pytest.approx(12.0)
+
+
+def test_tagged_studies_are_not_pooled(tmp_path):
+    results_dir = synthetic_results(tmp_path)
+    results = agg.load_results(results_dir)
+    tagged = [
+        r | {"run": r["run"] + "-long", "tag": "long", "test": r["test"] | {"energy_rmse": 99.0}} for r in results
+    ]
+    summary = agg.summarize(results + tagged)
+    assert summary[("d", "m", "baseline", 100, None)]["energy_rmse"].mean == pytest.approx(20.0)
+    assert summary[("d", "m", "baseline", 100, "long")]["energy_rmse"].mean == pytest.approx(99.0)
+    (study,) = agg.load_studies(results_dir, results)
+    study = study | {"name": "long", "tag": "long", "runs": [r["run"] for r in tagged]}
+    assert agg.benchmark_table(study, "d", results + tagged).rows[0][2] == "99.00 ± 0.00"
 
 
 # ------------------------------------------------------------------------------------------ rotation
@@ -314,6 +490,88 @@ def test_rotation_vanishes_for_conservative_forces_and_not_for_a_rotational_fiel
     assert measures.asymmetry == pytest.approx(1.0)
     np.testing.assert_allclose(measures.curl, np.tile([0.0, 0.0, 2 * omega], (6, 1)), atol=1e-6)
     assert measures.total_rotation == pytest.approx(2 * omega * 6)
+
+
+# ------------------------------------------------------------------------------------------ MD statistics
+def linear_trajectory(slope_per_ps: float) -> Trajectory:
+    times = np.arange(0.0, 1001.0, 100.0)
+    return Trajectory(times, slope_per_ps * times / 1000.0, np.zeros_like(times), False, "", None)
+
+
+def test_md_statistics_use_the_sample_std_and_count_replicas_without_drift():
+    empty = np.array([])
+    failed_at_start = Trajectory(empty, empty, empty, True, "non-finite energy or forces", 0.0)
+    trajectories = [failed_at_start, linear_trajectory(2.0), linear_trajectory(-4.0)]
+    row = stability_row(trajectories, steps=2000, timestep=0.5, natoms=2, ensemble="nve")
+    assert row["failed"] == "1/3" and row["time to failure (fs)"] == "0 ± 0 (n=1)"
+    assert row["simulated (fs)"] == f"667 ± {np.std([0.0, 1000.0, 1000.0], ddof=1):.0f}"
+    assert row["|drift| (kcal/mol/ps)"] == "3.00 ± 1.41 (n=2)"
+    assert row["|drift| per atom (kcal/mol/ps)"] == "1.5000 ± 0.7071 (n=2)"
+    assert row["no drift (too short)"] == "1" and row["first failure"] == "non-finite energy or forces"
+
+
+class NaNCalculator(Calculator):
+    """An ASE calculator whose predictions are never finite: every MD replica fails at step 0."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        self.results = {"energy": float("nan"), "forces": np.full((len(self.atoms), 3), np.nan)}
+
+
+def test_md_stability_reports_replicas_that_fail_at_the_first_step(tmp_path, monkeypatch):
+    script = load_script("scripts/diagnostics/md_stability.py")
+    (tmp_path / "model.pt").write_bytes(b"")
+    monkeypatch.setattr(script, "load_calculator", lambda checkpoint: NaNCalculator())
+    arguments = ["--model", f"M={tmp_path}/model.pt", "--structure", str(ETHANOL), "--steps", "5"]
+    assert script.main([*arguments, "--replicas", "2", "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out/md_stability.md").read_text()
+    assert "| M | 2/2 | 0 ± 0 |" in table and (tmp_path / "out/md_stability.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+@pytest.mark.parametrize("path", ["scripts/diagnostics/bond_scan.py", "scripts/diagnostics/md_stability.py"])
+def test_one_model_diagnostics_refuse_a_pattern_that_matches_several_checkpoints(path, tmp_path, capsys):
+    for seed in (0, 1):
+        (tmp_path / f"model-s{seed}.pt").write_bytes(b"")
+    pattern = f"{tmp_path}/model-s*.pt"
+    assert load_script(path).main(["--model", f"M={pattern}", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert pattern in error and "model-s0.pt" in error and "model-s1.pt" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_diagnostics_report_bad_input_in_one_line_and_let_other_errors_through(tmp_path, capsys):
+    parser = load_script("scripts/diagnostics/force_rotation.py").get_parser
+    arguments = ["--model", f"M={tmp_path}/missing-*.pt", "--data", str(ETHANOL)]
+    assert load_script("scripts/diagnostics/force_rotation.py").main(arguments) == 2
+    assert "nothing matches" in capsys.readouterr().err
+
+    def broken(args):
+        raise ValueError("a bug, not an input error")
+
+    with pytest.raises(ValueError, match="a bug"):
+        diagnostic_main(parser, broken, arguments)
+    assert issubclass(DiagnosticInputError, ValueError)
+
+
+# ------------------------------------------------------------------------------------------ hyper-parameter search
+def test_hpo_refuses_runs_of_other_methods_and_resumed_studies_with_other_objectives(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from piwsl.experiments.hpo import HPOError, check_objectives, check_tunable, trial_run
+
+    paths = paths_in(tmp_path)
+    baseline, pitc_only = parse_grid(grid_content(tmp_path)).runs[:2]
+    with pytest.raises(HPOError, match="baseline"):
+        check_tunable(baseline, paths)
+    check_tunable(pitc_only, paths)
+    assert trial_run(pitc_only, 3, {"c_pitc": 1.0}).overrides["piwsl"] == {"c_pisc": 0, "c_pitc": 1.0}
+    study = optuna.create_study(directions=["minimize"])
+    check_objectives(study, ["forces_mae"], "memory")
+    check_objectives(study, ["forces_mae"], "memory")
+    with pytest.raises(HPOError, match="forces_mae, not energy_rmse"):
+        check_objectives(study, ["energy_rmse"], "memory")
 
 
 # ------------------------------------------------------------------------------------------ calculator
@@ -347,6 +605,11 @@ def test_calculator_matches_evaluate_on_a_trained_checkpoint(tmp_path):
     atoms.calc = calculator
     assert atoms.get_potential_energy() == pytest.approx(energies[0] / EV_TO_KCAL_PER_MOL, rel=1e-5)
     np.testing.assert_allclose(atoms.get_forces(), forces[0] / EV_TO_KCAL_PER_MOL, rtol=1e-4, atol=1e-6)
+    atoms.calc = PIWSLCalculator(checkpoint, energy_unit="eV")
+    assert atoms.get_potential_energy() == pytest.approx(energies[0], rel=1e-5), "eV data: no conversion"
+    with pytest.raises(ValueError, match="energy_unit"):
+        PIWSLCalculator(checkpoint, energy_unit="hartree")
+    atoms.calc = calculator
     VelocityVerlet(atoms, timestep=0.1).run(2)
     trajectory = run_md(structures[0], calculator, "nve", temperature=300, timestep=0.5, steps=10, record_every=1)
     assert len(trajectory.times) >= 1 and (trajectory.failed or len(trajectory.times) == 11)

@@ -1,7 +1,10 @@
 """Tables (the layout of the paper's Tables 1-3) and relative-gain plots (Fig. 2a/b) from run results.
 
 Input: ``RESULTS/runs/<run>.json`` written by the runner, and ``RESULTS/grid.json`` naming the
-studies (without it, each data set is one study of everything found). Every cell is the mean ±
+studies, their runs and each run's current config hash (without it, each data set and tag is one
+study of everything found). Only results of the grid's runs whose config hash is the grid's
+count: results of another config (stale after a change of the grid) are skipped and listed.
+Results are grouped by data set, backbone, method, N_train and study tag. Every cell is the mean ±
 sample standard deviation (ddof = 1) over the seeds found; a cell with fewer seeds than the study
 asks for says ``(n=k)``, a combination without results shows ``—``.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,25 +95,54 @@ def load_failures(results_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((Path(results_dir) / "runs").glob("*.failed.json"))]
 
 
-def load_studies(results_dir: Path, results: list[dict]) -> list[dict]:
-    """The studies of ``grid.json``, or one study per data set holding every result found."""
+def load_grid_description(results_dir: Path) -> dict | None:
+    """``RESULTS/grid.json`` as the runner wrote it, or None."""
     grid_file = Path(results_dir) / "grid.json"
-    if grid_file.is_file():
-        return json.loads(grid_file.read_text())["studies"]
+    return json.loads(grid_file.read_text()) if grid_file.is_file() else None
+
+
+def current_results(results: list[dict], grid: dict) -> tuple[list[dict], list[str]]:
+    """The results of the grid's runs with the grid's config hash, and descriptions of the ones skipped.
+
+    Results of runs the grid does not have are left out silently. A ``grid.json`` without
+    ``config_hashes`` (written by an older runner) cannot tell stale results apart: then every
+    result of the grid's runs counts.
+    """
+    runs = {run for study in grid["studies"] for run in study["runs"]}
+    hashes = grid.get("config_hashes")
+    current, skipped = [], []
+    for result in results:
+        if result["run"] not in runs:
+            continue
+        expected = None if hashes is None else hashes.get(result["run"])
+        if hashes is None or result.get("config_hash") == expected:
+            current.append(result)
+        else:
+            skipped.append(f"{result['run']} (config hash {result.get('config_hash')}, the grid's {expected})")
+    return current, skipped
+
+
+def load_studies(results_dir: Path, results: list[dict]) -> list[dict]:
+    """The studies of ``grid.json``, or one study per data set and tag holding every result found."""
+    grid = load_grid_description(results_dir)
+    if grid is not None:
+        return grid["studies"]
     studies = []
-    for dataset in sorted({r["dataset"] for r in results}):
-        mine = [r for r in results if r["dataset"] == dataset]
+    for dataset, tag in sorted({(r["dataset"], r.get("tag") or "") for r in results}):
+        mine = [r for r in results if r["dataset"] == dataset and (r.get("tag") or "") == tag]
         methods = sorted({r["method"] for r in mine}, key=lambda m: (m != "baseline", m))
+        name = f"{dataset}-{tag}" if tag else dataset
         studies.append(
             {
-                "name": dataset,
-                "title": f"{dataset}: test RMSE, energy kcal/mol, force kcal/mol/Å",
+                "name": name,
+                "title": f"{name}: test RMSE, energy kcal/mol, force kcal/mol/Å",
                 "datasets": [dataset],
                 "backbones": sorted({r["backbone"] for r in mine}),
                 "methods": methods,
                 "train_sizes": sorted({r["train_size"] for r in mine}),
                 "seeds": sorted({r["seed"] for r in mine}),
                 "reference": "baseline" if "baseline" in methods else None,
+                "tag": tag or None,
                 "runs": [r["run"] for r in mine],
             }
         )
@@ -117,7 +150,8 @@ def load_studies(results_dir: Path, results: list[dict]) -> list[dict]:
 
 
 def _key(result: dict) -> tuple:
-    return result["dataset"], result["backbone"], result["method"], result["train_size"]
+    """What results are pooled by (over seeds): data set, backbone, method, N_train and study tag."""
+    return result["dataset"], result["backbone"], result["method"], result["train_size"], result.get("tag")
 
 
 def study_results(study: dict, results: list[dict]) -> list[dict]:
@@ -126,7 +160,7 @@ def study_results(study: dict, results: list[dict]) -> list[dict]:
 
 
 def summarize(results: list[dict], split: str = "test") -> dict[tuple, dict[str, Stat]]:
-    """(dataset, backbone, method, N_train) -> metric -> Stat over seeds (errors of ``split``, wall time)."""
+    """(dataset, backbone, method, N_train, tag) -> metric -> Stat over seeds (errors of ``split``, wall time)."""
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for result in results:
         for metric, value in result[split].items():
@@ -162,13 +196,13 @@ def benchmark_table(study: dict, dataset: str, results: list[dict], digits: int 
         parts = ([f"N={n}"] if len(sizes) > 1 else []) + ([method_group[m]] if method_group.get(m) else [])
         header.append((", ".join(parts) + ": " if parts else "") + method_label.get(m, m))
     table = Table(title=f"{study['title']} — {dataset_label.get(dataset, dataset)}", header=header, rows=[])
-    expected = len(study["seeds"])
+    expected, tag = len(study["seeds"]), study.get("tag")
     for backbone in study["backbones"]:
         for k, (quantity, metric) in enumerate(QUANTITIES.items()):
             row = [backbone_label.get(backbone, backbone) if k == 0 else "", quantity]
             means = {}
             for c, (n, m) in enumerate(columns, start=2):
-                stat = summary.get((dataset, backbone, m, n), {}).get(metric)
+                stat = summary.get((dataset, backbone, m, n, tag), {}).get(metric)
                 row.append(MISSING if stat is None else stat.format(digits, expected))
                 if stat is not None and math.isfinite(stat.mean):
                     means[c] = (n, method_group.get(m), stat.mean)
@@ -190,21 +224,21 @@ def _test_sizes(results: list[dict]) -> str:
 
 
 def relative_gains(study: dict, results: list[dict]) -> dict[tuple, dict[str, Stat]]:
-    """(dataset, backbone, method, N_train) -> quantity -> Stat of the per-seed gain (%) over the reference."""
+    """(dataset, backbone, method, N_train, tag) -> quantity -> Stat of the per-seed gain (%) over the reference."""
     reference = study.get("reference")
     if reference is None:
         return {}
     mine = study_results(study, results)
     by_seed = {(*_key(r), r["seed"]): r for r in mine}
     gains: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (dataset, backbone, method, size, seed), result in by_seed.items():
-        base = by_seed.get((dataset, backbone, reference, size, seed))
+    for (dataset, backbone, method, size, tag, seed), result in by_seed.items():
+        base = by_seed.get((dataset, backbone, reference, size, tag, seed))
         if method == reference or base is None:
             continue
         for quantity, metric in QUANTITIES.items():
             ours, theirs = result["test"][metric], base["test"][metric]
             if ours is not None and theirs:
-                gains[(dataset, backbone, method, size)][quantity].append(100.0 * (1.0 - ours / theirs))
+                gains[(dataset, backbone, method, size, tag)][quantity].append(100.0 * (1.0 - ours / theirs))
     return {key: {q: mean_std(v) for q, v in values.items()} for key, values in gains.items()}
 
 
@@ -217,6 +251,7 @@ def gain_table(study: dict, results: list[dict], digits: int = 1) -> Table:
     header = ["Data set", "Model", "Method"] + [f"N={n}: {q} gain (%)" for n in sizes for q in QUANTITIES]
     reference = method_label.get(study.get("reference"), study.get("reference"))
     table = Table(title=f"{study['title']} — relative gain over {reference}", header=header, rows=[])
+    expected, tag = len(study["seeds"]), study.get("tag")
     for dataset in study["datasets"]:
         for backbone in study["backbones"]:
             for method in study["methods"]:
@@ -226,10 +261,16 @@ def gain_table(study: dict, results: list[dict], digits: int = 1) -> Table:
                 row.append(method_label.get(method, method))
                 for n in sizes:
                     for quantity in QUANTITIES:
-                        stat = gains.get((dataset, backbone, method, n), {}).get(quantity)
-                        row.append(MISSING if stat is None else f"{stat.mean:+.{digits}f} ± {stat.std:.{digits}f}")
+                        stat = gains.get((dataset, backbone, method, n, tag), {}).get(quantity)
+                        if stat is None:
+                            row.append(MISSING)
+                        else:
+                            row.append(_with_count(stat, f"{stat.mean:+.{digits}f} ± {stat.std:.{digits}f}", expected))
                 table.rows.append(row)
-    table.notes.append("Gain = 100·(1 − RMSE_method / RMSE_reference) per seed (paired split), mean ± sample std.")
+    table.notes.append(
+        "Gain = 100·(1 − RMSE_method / RMSE_reference) per seed (paired split), mean ± sample std "
+        f"over {expected} seed(s) (fewer where marked n=k)."
+    )
     return table
 
 
@@ -242,6 +283,7 @@ def runtime_table(study: dict, results: list[dict]) -> Table:
     sizes = study["train_sizes"]
     header = ["Data set", "Model", "Method"] + [f"N={n}: train time (s) / steps" for n in sizes]
     table = Table(title=f"{study['title']} — training wall time", header=header, rows=[])
+    expected, tag = len(study["seeds"]), study.get("tag")
     for dataset in study["datasets"]:
         for backbone in study["backbones"]:
             for method in study["methods"]:
@@ -250,25 +292,33 @@ def runtime_table(study: dict, results: list[dict]) -> Table:
                 row = [dataset_label.get(dataset, dataset), backbone_label.get(backbone, backbone)]
                 row.append(f"{group}: {label}" if group else label)
                 for n in sizes:
-                    stat = summary.get((dataset, backbone, method, n), {}).get("train_wall_s")
-                    key = (dataset, backbone, method, n)
-                    row.append(MISSING if stat is None else f"{stat.mean:.0f} ± {stat.std:.0f} / {steps[key]}")
+                    key = (dataset, backbone, method, n, tag)
+                    stat = summary.get(key, {}).get("train_wall_s")
+                    if stat is None:
+                        row.append(MISSING)
+                    else:
+                        row.append(_with_count(stat, f"{stat.mean:.0f} ± {stat.std:.0f} / {steps[key]}", expected))
                 table.rows.append(row)
     total = sum(r["train_wall_s"] + r.get("eval_wall_s", 0.0) for r in mine) / 60.0
     table.notes.append(
-        "Wall time of the training subprocess (start-up and validation included, test excluded); "
+        f"Mean ± sample std over {expected} seed(s) (fewer where marked n=k) of the wall time of the training "
+        "subprocess (start-up and validation included, test excluded); "
         f"all {len(mine)} runs of the study took {total:.0f} min of training and testing."
     )
     return table
 
 
+def _with_count(stat: Stat, cell: str, expected: int) -> str:
+    """``cell`` marked ``(n=k)`` where ``stat`` has fewer than ``expected`` values."""
+    return cell if stat.count >= expected else f"{cell} (n={stat.count})"
+
+
 def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bool:
     """Fig. 2a/b: energy and force gain (%) over the reference vs N_train; False if nothing to plot."""
-    import matplotlib
+    from piwsl.experiments.diagnostics import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    tag = study.get("tag")
     gains = {k: v for k, v in relative_gains(study, results).items() if k[0] == dataset}
     if not gains:
         return False
@@ -282,8 +332,8 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
     for axis, (letter, quantity) in zip(axes, (("a", "energy"), ("b", "force")), strict=True):
         for b, backbone in enumerate(study["backbones"]):
             for k, method in enumerate(methods):
-                points = [(n, gains[(dataset, backbone, method, n)][quantity]) for n in sizes
-                          if (dataset, backbone, method, n) in gains]  # fmt: skip
+                points = [(n, gains[(dataset, backbone, method, n, tag)][quantity]) for n in sizes
+                          if (dataset, backbone, method, n, tag) in gains]  # fmt: skip
                 if not points:
                     continue
                 shift = (k - (len(methods) - 1) / 2) * 0.06
@@ -318,11 +368,11 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
 
 
 def summary_rows(results: list[dict]) -> list[dict]:
-    """Long format: one row per (dataset, backbone, method, N_train) with numeric means and stds."""
+    """Long format: one row per (dataset, backbone, method, N_train, tag) with numeric means and stds."""
     summary = summarize(results)
     rows = []
-    for (dataset, backbone, method, size), metrics in sorted(summary.items()):
-        row = {"dataset": dataset, "backbone": backbone, "method": method, "train_size": size}
+    for (dataset, backbone, method, size, tag), metrics in sorted(summary.items(), key=lambda item: str(item[0])):
+        row = {"dataset": dataset, "backbone": backbone, "method": method, "train_size": size, "tag": tag or ""}
         row["seeds"] = max(stat.count for stat in metrics.values())
         for metric in ("energy_rmse", "energy_mae", "forces_rmse", "forces_mae", "train_wall_s"):
             stat = metrics.get(metric)
@@ -333,10 +383,27 @@ def summary_rows(results: list[dict]) -> list[dict]:
 
 
 def aggregate(results_dir: Path, out_dir: Path, digits: int = 2) -> str:
-    """Write every table (markdown + CSV), gain plot and the long summary; return the markdown."""
+    """Write every table (markdown + CSV), gain plot and the long summary; return the markdown.
+
+    Results that ``current_results`` skips are listed on stderr and at the end of ``all.md``.
+    """
     results = load_results(results_dir)
     if not results:
         raise FileNotFoundError(f"no results in {Path(results_dir) / 'runs'}")
+    grid = load_grid_description(results_dir)
+    skipped = []
+    if grid is not None:
+        results, skipped = current_results(results, grid)
+        if "config_hashes" not in grid:
+            print(
+                f"warning: {Path(results_dir) / 'grid.json'} lists no config hashes (written by an older runner), so "
+                "stale results cannot be told apart; rerun scripts/run_experiments.py on the grid to rewrite it",
+                file=sys.stderr,
+            )
+        if skipped:
+            print(f"warning: skipped {len(skipped)} result(s): " + "; ".join(skipped), file=sys.stderr)
+        if not results:
+            raise FileNotFoundError(f"no results of the runs of {Path(results_dir) / 'grid.json'}")
     tables_dir, figures_dir = out_dir / "tables", out_dir / "figures"
     tables_dir.mkdir(parents=True, exist_ok=True)
     sections = []
@@ -368,6 +435,8 @@ def aggregate(results_dir: Path, out_dir: Path, digits: int = 2) -> str:
     failures = load_failures(results_dir)
     if failures:
         sections.append("Failed runs: " + ", ".join(f["run"] for f in failures) + "\n")
+    if skipped:
+        sections.append("Results not used (not of the grid's current configs): " + "; ".join(skipped) + "\n")
     text = "\n".join(sections)
     (tables_dir / "all.md").write_text(text)
     return text

@@ -16,6 +16,7 @@ import numpy as np
 from ase import Atoms
 
 from piwsl.data.units import EV_TO_KCAL_PER_MOL
+from piwsl.experiments.diagnostics import DiagnosticInputError
 
 #: Energies (K,) in kcal/mol and forces (K, N, 3) in kcal/mol/Å of K structures.
 Predictor = Callable[[list[Atoms]], tuple[np.ndarray, np.ndarray]]
@@ -38,7 +39,7 @@ def find_bond(atoms: Atoms, anchor_element: str = "C", moving_element: str = "H"
         for j, b in enumerate(symbols):
             if a == anchor_element and b == moving_element and i != j and distances[i, j] < max_length:
                 return i, j
-    raise ValueError(f"no {anchor_element}-{moving_element} bond shorter than {max_length} Å")
+    raise DiagnosticInputError(f"no {anchor_element}-{moving_element} bond shorter than {max_length} Å; pass --bond")
 
 
 def stretched(atoms: Atoms, anchor: int, moving: int, distances: np.ndarray) -> tuple[list[Atoms], np.ndarray]:

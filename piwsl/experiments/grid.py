@@ -185,6 +185,7 @@ class Grid:
                     "train_sizes": list(study.train_sizes),
                     "seeds": list(study.seeds),
                     "reference": study.reference,
+                    "tag": study.tag,
                     "runs": list(self.study_runs[study.name]),
                     "labels": _labels([runs[name] for name in self.study_runs[study.name]]),
                 }

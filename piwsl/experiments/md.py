@@ -4,7 +4,8 @@ A trajectory fails at the first step where (a) the energy or a force is not fini
 the starting structure (atoms closer than 1.2x the sum of their covalent radii) is longer than
 ``bond_factor`` times its starting length (bond breaking), or (c) two atoms come closer than
 ``min_distance`` Å (collapse). Energy drift (NVE) is the slope of a least-squares line through
-the total energy over the stable part of the trajectory, in kcal/mol/ps.
+the total energy over the stable part of the trajectory, in kcal/mol/ps; a trajectory with fewer
+than 3 recorded points has none (NaN).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
 from piwsl.data.units import EV_TO_KCAL_PER_MOL
+from piwsl.experiments.aggregate import MISSING, mean_std
 
 #: Atoms closer than this factor times the sum of their covalent radii are bonded.
 BOND_TOLERANCE = 1.2
@@ -132,3 +134,34 @@ def run_md(
         reason=reason,
         time_to_failure=step * timestep if reason else None,
     )
+
+
+def stability_row(
+    trajectories: list[Trajectory], steps: int, timestep: float, natoms: int, ensemble: str
+) -> dict[str, str]:
+    """Table cells over the replicas of one model: failures, times (fs) and, for NVE, energy conservation.
+
+    Means ± sample std (ddof = 1) over the replicas that have the value, marked ``(n=k)`` where
+    fewer than all: time to failure over the failed ones, |drift| (kcal/mol/ps, and per atom)
+    over those with a drift; ``no drift`` counts the replicas too short for one (NaN).
+    """
+    replicas = len(trajectories)
+    failed = [t for t in trajectories if t.failed]
+    simulated = [t.time_to_failure if t.failed else steps * timestep for t in trajectories]
+    row = {
+        "failed": f"{len(failed)}/{replicas}",
+        "time to failure (fs)": mean_std([t.time_to_failure for t in failed]).format(0, replicas)
+        if failed
+        else MISSING,
+        "simulated (fs)": mean_std(simulated).format(0),
+    }
+    if ensemble == "nve":
+        drifts = [abs(t.drift()) for t in trajectories if np.isfinite(t.drift())]
+        spreads = [float(np.std(t.total)) for t in trajectories if len(t.total) > 1]
+        row["|drift| (kcal/mol/ps)"] = mean_std(drifts).format(2, replicas) if drifts else MISSING
+        per_atom = [drift / natoms for drift in drifts]
+        row["|drift| per atom (kcal/mol/ps)"] = mean_std(per_atom).format(4, replicas) if drifts else MISSING
+        row["no drift (too short)"] = str(replicas - len(drifts))
+        row["E_tot std in time (kcal/mol)"] = f"{np.mean(spreads):.3f}" if spreads else MISSING
+    row["first failure"] = failed[0].reason if failed else ""
+    return row

@@ -3,9 +3,9 @@
 Forces are conservative, ``F = -dE/dr``, exactly when the force Jacobian
 ``J[(i,a), (k,b)] = dF_{i,a} / dr_{k,b}`` (3N x 3N, kcal/mol/Å²) is symmetric: it is then minus
 the Hessian of E. Its antisymmetric part ``A = (J - J^T) / 2`` measures the rotation; the
-circulation of F around a small closed loop spanned by unit directions u, v with side ε is
-``∮ F·dr ≈ 2 ε² uᵀ A v`` (0 for conservative forces), the energy an MD trajectory gains or loses
-per cycle. We report, per structure:
+circulation of F around a small square loop of side ε that goes along unit direction u first,
+then v (then back along -u, -v) is ``∮ F·dr ≈ -2 ε² uᵀ A v`` (0 for conservative forces), the
+energy an MD trajectory gains or loses per cycle. We report, per structure:
 
 - **total rotation** (the paper's Table 17 quantity): ``Σ_i |∇_{r_i} × F_i|``, the curl of each
   atom's force with respect to its own position (the antisymmetric part of J's 3x3 diagonal

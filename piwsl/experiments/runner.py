@@ -7,23 +7,35 @@ a subprocess (a crash stays in that run) with a checkpoint directory named after
 config hash, so rerunning resumes a killed run from its last checkpoint; the best-validation
 checkpoint is evaluated with ``piwsl.evaluate`` and ``RESULTS/runs/<run>.json`` written atomically.
 A run whose results file holds the current config hash is done and skipped.
+
+Prepared splits are immutable: finished runs were trained and tested on them, so a split
+directory that holds other data than a run asks for (another source, checksum, size or
+preparation argument) is an error, never overwritten. While a run trains, a lock file in its
+checkpoint directory keeps a second runner from training it at the same time, and SIGTERM or
+SIGINT to a local runner stop the training subprocess at a step boundary with a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
+import functools
 import gc
 import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable
+import traceback
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +44,9 @@ import yaml
 from fairchem.core.common.utils import load_config
 from tqdm import tqdm
 
+from piwsl.data.formats import FORMATS
+from piwsl.data.prepare import file_checksum
+from piwsl.data.splits import default_val_size
 from piwsl.experiments.grid import ROOT, Grid, RunSpec, merge, resolve
 
 TRAIN_SCRIPT = ROOT / "main.py"
@@ -39,10 +54,24 @@ PREPARE_SCRIPT = ROOT / "scripts/prepare_data.py"
 STEP_PATTERN = re.compile(r"step: ([0-9.e+]+)")
 #: How often (s) a running training's log is read for the progress bar.
 POLL_SECONDS = 2.0
+#: How long (s) a training subprocess may take to save its checkpoint and exit after SIGTERM.
+STOP_TIMEOUT_SECONDS = 300.0
+#: In a prepared split directory: what the runner asked prepare_data.py for (beside its metadata.json).
+SPLIT_REQUEST_FILE = "split_request.json"
+#: In a run's checkpoint directory: locked while a runner trains the run.
+LOCK_FILE = "runner.lock"
 
 
 class RunFailed(RuntimeError):
     """A run whose preparation, training or evaluation failed; the message points at its log."""
+
+
+class PreparedDataMismatch(RunFailed):
+    """A prepared split directory that holds other data than the run asks for."""
+
+
+class RunLocked(RunFailed):
+    """Another runner holds the run's lock: it is training the run now."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +98,9 @@ class Paths:
     def log_file(self, run: RunSpec) -> Path:
         return self.work_dir / "logs" / f"{run.name}.log"
 
-    def timing_file(self, run: RunSpec) -> Path:
-        return self.work_dir / "timing" / f"{run.name}.json"
+    def timing_file(self, run_id: str) -> Path:
+        """Wall times of the training attempts of one run id (name and config hash)."""
+        return self.work_dir / "timing" / f"{run_id}.json"
 
     def data(self, run: RunSpec) -> Path:
         return self.data_dir / run.data_name
@@ -97,10 +127,11 @@ class Options:
 
 
 def write_json_atomic(path: Path, content: Any) -> None:
-    """Write JSON to ``path`` through a temporary file in the same directory and a rename."""
+    """Write JSON to ``path`` (mode 0644: readable by others) through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(handle, 0o644)
         with os.fdopen(handle, "w") as stream:
             json.dump(content, stream, indent=1, default=str)
             stream.write("\n")
@@ -126,22 +157,81 @@ def portable(command: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def split_is_current(directory: Path, run: RunSpec) -> bool:
-    """Whether ``directory`` holds the split ``run`` asks for (source, seed, sizes, force labels)."""
-    metadata_file = directory / "metadata.json"
-    if not metadata_file.is_file():
-        return False
-    metadata = json.loads(metadata_file.read_text())
-    sizes = metadata.get("split_sizes", {})
+def split_request(run: RunSpec) -> dict[str, Any]:
+    """What ``run`` asks prepare_data.py for: source, seed, requested sizes, force labels, extra arguments."""
     dataset = run.dataset
-    return (
-        Path(metadata.get("source", "")) == resolve(dataset.src).resolve()
-        and metadata.get("seed") == run.split_seed
-        and sizes.get("train") == run.train_size
-        and (dataset.val_size is None or sizes.get("val") == dataset.val_size)
-        and (dataset.test_size is None or sizes.get("test", 0) <= dataset.test_size)
-        and metadata.get("train_has_forces") == (metadata.get("has_forces") and not run.method.energy_only)
-    )
+    return {
+        "format": dataset.format,
+        "source": str(resolve(dataset.src).resolve()),
+        "seed": run.split_seed,
+        "train_size": run.train_size,
+        "val_size": default_val_size(run.train_size) if dataset.val_size is None else dataset.val_size,
+        "test_size": FORMATS[dataset.format].default_test_size if dataset.test_size is None else dataset.test_size,
+        "energy_only": run.method.energy_only,
+        "prepare_args": list(dataset.prepare_args),
+    }
+
+
+def source_checksum(path: Path) -> str | None:
+    """SHA-256 of a source file or directory as metadata.json records it (None if missing), cached per version."""
+    path = Path(path).resolve()
+    if not path.exists():
+        return None
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    version = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _checksum(path, version)
+
+
+@functools.lru_cache(maxsize=64)
+def _checksum(path: Path, version: tuple) -> str:
+    return file_checksum(path)
+
+
+def split_mismatches(directory: Path, run: RunSpec) -> list[str]:
+    """How the prepared split in ``directory`` differs from what ``run`` asks for (empty: it matches).
+
+    Compared with its ``metadata.json``: format, source path and SHA-256, split seed, train and
+    validation sizes, force labels of the training split, and the test size, which must equal the
+    requested one unless the source is too small: then it is everything left after train and
+    validation (``splits.make_split``). The extra ``prepare_args`` are compared with the
+    ``split_request.json`` the runner writes beside it; a split prepared before that record
+    existed counts as prepared without extra arguments.
+    """
+    metadata = json.loads((directory / "metadata.json").read_text())
+    request_file = directory / SPLIT_REQUEST_FILE
+    recorded = json.loads(request_file.read_text()) if request_file.is_file() else {"prepare_args": []}
+    request = split_request(run)
+    sizes = metadata.get("split_sizes", {})
+    left_for_test = metadata.get("num_records", 0) - request["train_size"] - request["val_size"]
+    checksum = source_checksum(Path(request["source"]))
+    pairs = {
+        "format": (metadata.get("format"), request["format"]),
+        "source": (metadata.get("source"), request["source"]),
+        "source_sha256": (metadata.get("source_sha256"), checksum or "unknown: the source does not exist"),
+        "seed": (metadata.get("seed"), request["seed"]),
+        "split_sizes.train": (sizes.get("train"), request["train_size"]),
+        "split_sizes.val": (sizes.get("val"), request["val_size"]),
+        "split_sizes.test": (sizes.get("test"), min(request["test_size"], left_for_test)),
+        "train_has_forces (energy_only)": (
+            metadata.get("train_has_forces"),
+            bool(metadata.get("has_forces")) and not request["energy_only"],
+        ),
+        "prepare_args": (recorded.get("prepare_args"), request["prepare_args"]),
+    }
+    return [
+        f"{key} is {found!r}, the run asks for {asked!r}" for key, (found, asked) in pairs.items() if found != asked
+    ]
+
+
+def check_split(directory: Path, run: RunSpec) -> None:
+    """Raise ``PreparedDataMismatch`` (naming the directory and the differences) unless the split matches."""
+    mismatches = split_mismatches(directory, run)
+    if mismatches:
+        raise PreparedDataMismatch(
+            f"{run.name}: the prepared data {directory} differ from what this grid asks for: "
+            f"{'; '.join(mismatches)}. Prepared data are never overwritten (finished runs used them): "
+            "give this grid a data directory of its own with --data-dir."
+        )
 
 
 def prepare_command(run: RunSpec, out: Path) -> list[str]:
@@ -160,13 +250,36 @@ def prepare_command(run: RunSpec, out: Path) -> list[str]:
 
 
 def prepare_split(run: RunSpec, paths: Paths) -> Path:
-    """Prepare the run's split unless an identical one exists; return its directory."""
+    """The run's split directory: checked if it exists (``check_split``), else prepared; never overwritten.
+
+    Only a directory without ``metadata.json`` (left by an interrupted or foreign preparation) is
+    replaced. The split is prepared in a staging directory with its ``split_request.json`` and
+    renamed into place, so a concurrent runner either finds it complete or not at all.
+    """
     out = paths.data(run)
-    if split_is_current(out, run):
+    if (out / "metadata.json").is_file():
+        check_split(out, run)
         return out
-    result = subprocess.run(prepare_command(run, out), capture_output=True, text=True, cwd=ROOT)
-    if result.returncode != 0:
-        raise RunFailed(f"preparing {out} failed: {result.stderr.strip().splitlines()[-1:]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
+    try:
+        staged = staging / out.name
+        result = subprocess.run(prepare_command(run, staged), capture_output=True, text=True, cwd=ROOT)
+        if result.returncode != 0:
+            raise RunFailed(f"preparing {out} failed: {result.stderr.strip().splitlines()[-1:]}")
+        write_json_atomic(
+            staged / SPLIT_REQUEST_FILE, split_request(run) | {"command": portable(prepare_command(run, out))}
+        )
+        if out.exists() and not (out / "metadata.json").is_file():
+            shutil.rmtree(out)
+        try:
+            os.rename(staged, out)
+        except OSError:
+            if not (out / "metadata.json").is_file():
+                raise
+            check_split(out, run)  # another runner prepared it meanwhile
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -213,16 +326,29 @@ def render_config(run: RunSpec, paths: Paths) -> str:
     return header + yaml.safe_dump(content, sort_keys=False)
 
 
+def resolved_config(text: str) -> dict:
+    """The config a generated config text stands for, its includes merged (as ``main.py`` reads it)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "config.yml"
+        path.write_text(text)
+        resolved, _, _ = load_config(path)
+    return resolved
+
+
+def hash_config(text: str, seed: int) -> str:
+    """The hash identifying a run's results and checkpoints: of its resolved config and its seed."""
+    content = {"config": resolved_config(text), "seed": seed}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def write_config(run: RunSpec, paths: Paths) -> tuple[Path, str, str]:
-    """Write the run's config; return its path, text and hash (of the resolved config and the seed)."""
+    """Write the run's config; return its path, text and hash (``hash_config``)."""
     text = render_config(run, paths)
     path = paths.config_file(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
-    resolved, _, _ = load_config(path)
-    digest = hashlib.sha256(json.dumps({"config": resolved, "seed": run.seed}, sort_keys=True, default=str).encode())
-    return path, text, digest.hexdigest()[:12]
+    return path, text, hash_config(text, run.seed)
 
 
 def run_id(run: RunSpec, config_hash: str) -> str:
@@ -239,12 +365,15 @@ def read_result(path: Path) -> dict | None:
 
 
 def run_status(run: RunSpec, paths: Paths) -> str:
-    """``done`` (results with the current config hash), ``partial`` (a checkpoint to resume) or ``todo``."""
-    _, _, config_hash = write_config(run, paths)
+    """``done`` (results with the current config hash), ``partial`` (a checkpoint to resume) or ``todo``.
+
+    Writes nothing (``--list`` only looks).
+    """
+    current = hash_config(render_config(run, paths), run.seed)
     result = read_result(paths.result_file(run))
-    if result is not None and result.get("config_hash") == config_hash:
+    if result is not None and result.get("config_hash") == current:
         return "done"
-    if (paths.checkpoint_dir(run_id(run, config_hash)) / "checkpoint.pt").is_file():
+    if (paths.checkpoint_dir(run_id(run, current)) / "checkpoint.pt").is_file():
         return "partial"
     return "todo"
 
@@ -259,14 +388,79 @@ def train_command(run: RunSpec, paths: Paths, config_file: Path, identifier: str
     return command + (["--cpu"] if cpu else [])
 
 
+def stop_training(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM a running training subprocess (it saves a step-boundary checkpoint and exits) and wait; kill it late."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def forwarding_signals(process: subprocess.Popen, enabled: bool = True) -> Iterator[list[int]]:
+    """While the block runs, SIGTERM/SIGINT to this process stop ``process`` instead of this one.
+
+    The first signal sends it SIGTERM (the trainer saves a checkpoint at the next step boundary and
+    exits), a second one SIGKILL. Yields the signals received; does nothing outside the main thread.
+    """
+    received: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def forward(signal_number: int, _frame: Any) -> None:
+        received.append(signal_number)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
+
+    previous = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def run_lock(run: RunSpec, checkpoint_dir: Path) -> Iterator[int]:
+    """Hold an exclusive ``flock`` on ``checkpoint_dir/runner.lock``; yield its file descriptor.
+
+    Raises ``RunLocked`` if another runner (or a training subprocess it left running) holds it.
+    """
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_dir / LOCK_FILE
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(
+                f"{run.name}: another runner is training this run now (it holds the lock {path}); "
+                "wait for it to finish or stop it"
+            ) from None
+        yield handle.fileno()
+
+
 def _train(
     run: RunSpec,
     paths: Paths,
     command: list[str],
-    progress: bool,
-    on_start: Callable[[subprocess.Popen], None] | None,
-) -> float:
-    """Run the training subprocess with a progress bar read from its log; return its wall time (s)."""
+    timing_file: Path,
+    progress: bool = False,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+    lock_descriptor: int | None = None,
+    forward_signals: bool = True,
+) -> list[dict]:
+    """Run the training subprocess with a progress bar read from its log; return the run id's attempts.
+
+    Every attempt's wall time (s) goes to ``timing_file``, also when training fails or is stopped.
+    The subprocess inherits ``lock_descriptor``, so the run stays locked while it lives. With
+    ``forward_signals``, SIGTERM/SIGINT stop the subprocess cleanly (``forwarding_signals``) and
+    then this process, with ``SystemExit(128 + signal)``.
+    """
     log = paths.log_file(run)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as handle:
@@ -274,38 +468,60 @@ def _train(
         handle.flush()
         started = time.perf_counter()
         environment = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=environment)
-        if on_start is not None:
-            on_start(process)
-        bar = tqdm(total=run.max_steps, desc=run.name, unit="step", leave=False, disable=not progress)
-        offset = log.stat().st_size
-        while process.poll() is None:
-            time.sleep(POLL_SECONDS)
-            with open(log) as reader:
-                reader.seek(offset)
-                steps = STEP_PATTERN.findall(reader.read())
-            if steps:
-                bar.n = min(int(float(steps[-1])), run.max_steps)
-                bar.refresh()
-        bar.close()
-        wall = time.perf_counter() - started
+        process = subprocess.Popen(
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=environment,
+            pass_fds=() if lock_descriptor is None else (lock_descriptor,),
+            start_new_session=forward_signals,  # a terminal's Ctrl+C reaches it only as the forwarded SIGTERM
+        )
+        try:
+            with forwarding_signals(process, forward_signals) as received:
+                if on_start is not None:
+                    on_start(process)
+                bar = tqdm(total=run.max_steps, desc=run.name, unit="step", leave=False, disable=not progress)
+                offset = log.stat().st_size
+                while process.poll() is None:
+                    time.sleep(POLL_SECONDS)
+                    with open(log) as reader:
+                        reader.seek(offset)
+                        steps = STEP_PATTERN.findall(reader.read())
+                    if steps:
+                        bar.n = min(int(float(steps[-1])), run.max_steps)
+                        bar.refresh()
+                bar.close()
+        finally:
+            stop_training(process)
+            _record_attempt(timing_file, time.perf_counter() - started, process.returncode)
+    if received:
+        tqdm.write(f"{run.name}: stopped by signal {received[0]}; rerunning the command resumes it from its checkpoint")
+        raise SystemExit(128 + received[0])
     if process.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise RunFailed(f"{run.name}: training exited with {process.returncode} (log {log}):\n{tail}")
-    return wall
+    return read_result(timing_file)
 
 
-def _record_attempt(path: Path, wall: float) -> list[dict]:
+def _record_attempt(path: Path, wall: float, returncode: int | None) -> None:
+    """Append one training attempt (wall time in s, exit code) to the run id's timing file."""
     attempts = read_result(path) or []
-    attempts.append({"finished_at": datetime.datetime.now().isoformat(timespec="seconds"), "wall_s": wall})
+    finished = datetime.datetime.now().isoformat(timespec="seconds")
+    attempts.append({"finished_at": finished, "wall_s": wall, "returncode": returncode})
     write_json_atomic(path, attempts)
-    return attempts
 
 
 def _git_commit() -> str | None:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
@@ -323,65 +539,101 @@ def evaluate_run(checkpoint: Path, data: Path, options: Options) -> dict:
         gc.collect()
 
 
+def record_failure(run: RunSpec, paths: Paths, error: Exception) -> RunFailed:
+    """Write the run's ``.failed.json`` for ``error``; return it as a ``RunFailed`` (chained to ``error``)."""
+    failure = error if isinstance(error, RunFailed) else RunFailed(f"{run.name}: {error!r}")
+    if failure is not error:
+        failure.__cause__ = error
+    details = {"error": str(failure), "traceback": "".join(traceback.format_exception(error))}
+    write_json_atomic(paths.failure_file(run), run.describe() | details)
+    return failure
+
+
 def execute_run(
     run: RunSpec,
     paths: Paths,
     options: Options,
     on_start: Callable[[subprocess.Popen], None] | None = None,
+    forward_signals: bool = True,
 ) -> dict:
-    """Prepare, train (or resume), evaluate and record one run; return its results."""
+    """Prepare, train (or resume), evaluate and record one run under its lock; return its results.
+
+    Any error of the run is written to its ``.failed.json`` and raised as ``RunFailed`` (the
+    original chained), except ``RunLocked``: another runner is busy with the run, nothing failed.
+    ``on_start`` gets the training subprocess; ``forward_signals``: see ``_train``.
+    """
     import torch
 
     from piwsl.config import PIWSLConfig
 
     try:
-        data = prepare_split(run, paths)
         config_file, config_text, config_hash = write_config(run, paths)
         identifier = run_id(run, config_hash)
-        command = train_command(run, paths, config_file, identifier, options.use_cpu())
-        wall = _train(run, paths, command, options.progress, on_start)
-        attempts = _record_attempt(paths.timing_file(run), wall)
         checkpoint_dir = paths.checkpoint_dir(identifier)
-        best = checkpoint_dir / "best_checkpoint.pt"
-        if not best.is_file():
-            raise RunFailed(f"{run.name}: no best_checkpoint.pt in {checkpoint_dir} (did validation run?)")
-        final = torch.load(checkpoint_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-        best_state = torch.load(best, map_location="cpu", weights_only=False)
-        started = time.perf_counter()
-        errors = evaluate_run(best, data / options.eval_split, options)
-        eval_wall = time.perf_counter() - started
-    except RunFailed as failure:
-        write_json_atomic(paths.failure_file(run), run.describe() | {"error": str(failure)})
+        with run_lock(run, checkpoint_dir) as lock_descriptor:
+            finished = read_result(paths.result_file(run))
+            if finished is not None and finished.get("config_hash") == config_hash:
+                return finished  # another runner finished it meanwhile
+            data = prepare_split(run, paths)
+            command = train_command(run, paths, config_file, identifier, options.use_cpu())
+            attempts = _train(
+                run,
+                paths,
+                command,
+                paths.timing_file(identifier),
+                options.progress,
+                on_start,
+                lock_descriptor,
+                forward_signals,
+            )
+            best = checkpoint_dir / "best_checkpoint.pt"
+            if not best.is_file():
+                raise RunFailed(f"{run.name}: no best_checkpoint.pt in {checkpoint_dir} (did validation run?)")
+            final = torch.load(checkpoint_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+            best_state = torch.load(best, map_location="cpu", weights_only=False)
+            started = time.perf_counter()
+            errors = evaluate_run(best, data / options.eval_split, options)
+            eval_wall = time.perf_counter() - started
+            metadata = json.loads((data / "metadata.json").read_text())
+            result = run.describe() | {
+                "config_hash": config_hash,
+                "run_id": identifier,
+                "base_config": relative(run.base_config),
+                "config_yaml": config_text,
+                "command": portable(command),
+                "piwsl": asdict(PIWSLConfig.from_dict(final["config"]["optim"].get("piwsl"))),
+                "steps": int(final["step"]),
+                "train_wall_s": sum(attempt["wall_s"] for attempt in attempts),
+                "attempts": len(attempts),
+                "eval_wall_s": eval_wall,
+                "data": relative(data),
+                "split_sizes": metadata["split_sizes"],
+                "best_checkpoint": relative(best),
+                "val_metrics": {key: value["metric"] for key, value in (best_state.get("val_metrics") or {}).items()},
+                options.eval_split: errors,
+                "host": socket.gethostname(),
+                "device": "cpu" if options.use_cpu() else torch.cuda.get_device_name(),
+                "git_commit": _git_commit(),
+                "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+            }
+            write_json_atomic(paths.result_file(run), result)
+    except RunLocked:
         raise
-    metadata = json.loads((data / "metadata.json").read_text())
-    result = run.describe() | {
-        "config_hash": config_hash,
-        "run_id": identifier,
-        "base_config": relative(run.base_config),
-        "config_yaml": config_text,
-        "command": portable(command),
-        "piwsl": asdict(PIWSLConfig.from_dict(final["config"]["optim"].get("piwsl"))),
-        "steps": int(final["step"]),
-        "train_wall_s": sum(attempt["wall_s"] for attempt in attempts),
-        "attempts": len(attempts),
-        "eval_wall_s": eval_wall,
-        "data": relative(data),
-        "split_sizes": metadata["split_sizes"],
-        "best_checkpoint": relative(best),
-        "val_metrics": {key: value["metric"] for key, value in (best_state.get("val_metrics") or {}).items()},
-        options.eval_split: errors,
-        "host": socket.gethostname(),
-        "device": "cpu" if options.use_cpu() else torch.cuda.get_device_name(),
-        "git_commit": _git_commit(),
-        "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
-    write_json_atomic(paths.result_file(run), result)
+    except Exception as error:
+        failure = record_failure(run, paths, error)
+        if failure is error:
+            raise
+        raise failure from error
     paths.failure_file(run).unlink(missing_ok=True)
     return result
 
 
 def run_locally(runs: Iterable[RunSpec], paths: Paths, options: Options) -> list[str]:
-    """Execute the runs one after another, skipping finished ones; return the failures' messages."""
+    """Execute the runs one after another, skipping finished ones; return the failures' messages.
+
+    A failing run (its ``.failed.json`` written) or one another runner is busy with does not stop
+    the others; SIGTERM/SIGINT stop the current training cleanly and then the whole grid.
+    """
     runs = list(runs)
     failures = []
     bar = tqdm(runs, desc="runs", unit="run", disable=not options.progress)
@@ -390,6 +642,11 @@ def run_locally(runs: Iterable[RunSpec], paths: Paths, options: Options) -> list
         try:
             if run_status(run, paths) == "done":
                 continue
+        except Exception as error:
+            failures.append(str(record_failure(run, paths, error)))
+            tqdm.write(f"FAILED {failures[-1]}")
+            continue
+        try:
             result = execute_run(run, paths, options)
         except RunFailed as failure:
             failures.append(str(failure))
@@ -433,7 +690,7 @@ class SlurmRun:
         self.process: subprocess.Popen | None = None
 
     def __call__(self, run: RunSpec, paths: Paths, options: Options) -> dict:
-        return execute_run(run, paths, options, on_start=self._remember)
+        return execute_run(run, paths, options, on_start=self._remember, forward_signals=False)
 
     def _remember(self, process: subprocess.Popen) -> None:
         self.process = process
@@ -441,12 +698,8 @@ class SlurmRun:
     def checkpoint(self, run: RunSpec, paths: Paths, options: Options):
         from submitit.helpers import DelayedSubmission
 
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=300)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop_training(self.process)
         return DelayedSubmission(SlurmRun(), run, paths, options)
 
 
@@ -479,6 +732,17 @@ def submit_slurm(runs: list[RunSpec], paths: Paths, options: Options, slurm: Slu
     return [job.job_id for job in jobs]
 
 
+def grid_description(grid: Grid, paths: Paths) -> dict[str, Any]:
+    """The studies, their runs and each run's current config hash (None where its config cannot be made)."""
+    hashes = {}
+    for run in grid.runs:
+        try:
+            hashes[run.name] = hash_config(render_config(run, paths), run.seed)
+        except RunFailed:
+            hashes[run.name] = None
+    return grid.describe() | {"config_hashes": hashes}
+
+
 def write_grid_description(grid: Grid, paths: Paths) -> None:
-    """``RESULTS/grid.json``: the studies and their runs, which the aggregation lays tables out by."""
-    write_json_atomic(paths.results_dir / "grid.json", grid.describe())
+    """``RESULTS/grid.json``: what the aggregation lays tables out by and checks the results against."""
+    write_json_atomic(paths.results_dir / "grid.json", grid_description(grid, paths))

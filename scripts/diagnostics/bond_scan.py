@@ -29,22 +29,20 @@ from pathlib import Path
 import numpy as np
 
 from piwsl.experiments.bond_scan import find_bond, gfn2_predictor, relax_gfn2, scan, scan_errors
-from piwsl.experiments.diagnostics import display, load_structures, parse_models, write_table
-from piwsl.experiments.grid import ROOT
+from piwsl.experiments.diagnostics import (
+    diagnostic_main,
+    diagnostic_parser,
+    display,
+    load_calculator,
+    load_start_structure,
+    parse_single_models,
+    pyplot,
+    write_table,
+)
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model", action="append", required=True, help="LABEL=PATH: a checkpoint or a run's results JSON; repeatable"
-    )
-    parser.add_argument(
-        "--structure",
-        type=Path,
-        default=ROOT / "data/rmd17_aspirin_gfn2xtb_500K.npz",
-        help="an rMD17 .npz, a prepared LMDB split or an ASE file (default: the bundled aspirin)",
-    )
-    parser.add_argument("--frame", type=int, default=0, help="index of the structure in --structure (default 0)")
+    parser = diagnostic_parser(__doc__, start_structure=True, several_checkpoints=False)
     parser.add_argument("--no-relax", action="store_true", help="scan the frame as it is, not relaxed with GFN2-xTB")
     parser.add_argument(
         "--bond",
@@ -61,16 +59,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arrows", type=int, default=9, help="Taylor arrows per model curve (default 9)")
     parser.add_argument("--arrow-length", type=float, default=0.05, help="δ of the Taylor arrows in Å (default 0.05)")
     parser.add_argument("--no-reference", action="store_true", help="skip the GFN2-xTB reference curve")
-    parser.add_argument("--out", type=Path, default=Path("results/diagnostics"), help="output directory")
     return parser
 
 
 def plot(curves: dict, args: argparse.Namespace, bond_label: str, start: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (label, curve) in enumerate(curves.items()):
@@ -103,9 +96,8 @@ def plot(curves: dict, args: argparse.Namespace, bond_label: str, start: float, 
 
 
 def run(args: argparse.Namespace) -> str:
-    from piwsl.calculator import PIWSLCalculator
-
-    (atoms,) = load_structures(args.structure, [args.frame])
+    models = parse_single_models(args.model)
+    atoms = load_start_structure(args)
     if not args.no_relax:
         atoms = relax_gfn2(atoms)
     anchor, moving = args.bond if args.bond else find_bond(atoms)
@@ -114,8 +106,8 @@ def run(args: argparse.Namespace) -> str:
     curves = {}
     if not args.no_reference:
         curves["GFN2-xTB"] = scan(gfn2_predictor(), atoms, anchor, moving, distances, start)
-    for label, checkpoints in parse_models(args.model).items():
-        calculator = PIWSLCalculator(checkpoints[0])
+    for label, checkpoint in models.items():
+        calculator = load_calculator(checkpoint)
         curves[label] = scan(lambda s, c=calculator: _stacked(c.predict(s)), atoms, anchor, moving, distances, start)
     symbols = atoms.get_chemical_symbols()
     bond_label = f"{symbols[anchor]}{anchor}-{symbols[moving]}{moving}"
@@ -156,13 +148,7 @@ def _stacked(prediction: tuple[np.ndarray, list[np.ndarray]]) -> tuple[np.ndarra
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
-    try:
-        print(run(args))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return diagnostic_main(get_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -26,24 +26,25 @@ import numpy as np
 from tqdm import tqdm
 
 from piwsl.experiments.aggregate import mean_std
-from piwsl.experiments.diagnostics import load_structures, parse_models, write_table
+from piwsl.experiments.diagnostics import (
+    diagnostic_main,
+    diagnostic_parser,
+    load_calculator,
+    load_structures,
+    parse_models,
+    pyplot,
+    write_table,
+)
 from piwsl.experiments.rotation import Rotation, force_jacobian, rotation
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model",
-        action="append",
-        required=True,
-        help="LABEL=PATTERN: checkpoints (*.pt) or run results (runs/*.json) to average over; repeatable",
-    )
+    parser = diagnostic_parser(__doc__, start_structure=False, several_checkpoints=True)
     parser.add_argument(
         "--data", type=Path, required=True, help="structures: a prepared LMDB split directory, an .npz or an ASE file"
     )
     parser.add_argument("--num-structures", type=int, default=10, help="first N structures of --data (default 10)")
     parser.add_argument("--step", type=float, default=1e-3, help="finite-difference step in Å (default 1e-3)")
-    parser.add_argument("--out", type=Path, default=Path("results/diagnostics"), help="output directory")
     return parser
 
 
@@ -55,20 +56,14 @@ def structure_rotation(calculator, atoms, step: float) -> Rotation:
 
 
 def run(args: argparse.Namespace) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from piwsl.calculator import PIWSLCalculator
-
+    models = parse_models(args.model)
     structures = load_structures(args.data, list(range(args.num_structures)))
     rows, asymmetries = [], {}
-    for label, checkpoints in parse_models(args.model).items():
+    for label, checkpoints in models.items():
         per_model = {"total_rotation": [], "mean_curl": [], "asymmetry": []}
         asymmetries[label] = []
         for checkpoint in tqdm(checkpoints, desc=label):
-            calculator = PIWSLCalculator(checkpoint)
+            calculator = load_calculator(checkpoint)
             measures = [structure_rotation(calculator, atoms, args.step) for atoms in structures]
             for key in per_model:
                 per_model[key].append(float(np.mean([getattr(m, key) for m in measures])))
@@ -85,6 +80,7 @@ def run(args: argparse.Namespace) -> str:
         )
     title = f"Force rotation on {args.num_structures} structures of {args.data} (finite differences, h = {args.step} Å)"
     markdown = write_table(rows, args.out / "force_rotation", title, "Mean ± std over the checkpoints of each label.")
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.boxplot(list(asymmetries.values()), tick_labels=list(asymmetries))
     axis.set_ylabel("asymmetry ‖J − Jᵀ‖ / (2‖J‖)")
@@ -97,13 +93,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
-    try:
-        print(run(args))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return diagnostic_main(get_parser, run, argv)
 
 
 if __name__ == "__main__":
