@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Diagnostics of the CPU study's aspirin models (results/cpu_study/diagnostics): force rotation on
 # 10 test structures of split seed 0 (all seeds of each method), the C-H bond scan against
-# GFN2-xTB and NVE MD at 500 K (seed-0 models). Needs the runs of experiments/cpu_study.sh.
+# GFN2-xTB and NVE MD at 500 K (seed-0 models); PaiNN (force head) and, for rotation and MD, SchNet
+# (gradient forces). Needs the runs of experiments/cpu_study.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export OMP_NUM_THREADS=1
@@ -13,6 +14,12 @@ for entry in "${methods[@]}"; do
     label=${entry%%=*} method=${entry#*=}
     rotation+=(--model "$label=$runs/aspirin-painn-$method-n100-s*.json")
     md+=(--model "$label=$runs/aspirin-painn-$method-n100-s0.json")
+done
+# SchNet (forces -dE/dr, conservative by construction) as the reference for both diagnostics.
+for entry in "SchNet Baseline=baseline" "SchNet PIWSL=piwsl"; do
+    label=${entry%%=*} method=${entry#*=}
+    rotation+=(--model "$label=$runs/aspirin-schnet-$method-n100-s*.json")
+    md+=(--model "$label=$runs/aspirin-schnet-$method-n100-s0.json")
 done
 for method in baseline piwsl; do
     label=$([ $method = piwsl ] && echo PIWSL || echo Baseline)

@@ -14,6 +14,9 @@ for pattern in \
     'ani1x_like-painn-*-n1000-*' \
     'aspirin-schnet-*-n100-*' \
     'ani1x_like-schnet-*-n100-*' \
+    'aspirin-schnet-*-n1000-*' \
+    'ani1x_like-schnet-*-n1000-*' \
+    '*-painn-piwsl_dr001-*' \
     '*'; do
     .venv/bin/python scripts/run_experiments.py --grid "$grid" --only "$pattern" --no-progress
 done
