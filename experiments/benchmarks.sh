@@ -19,4 +19,10 @@ bench --model painn_small --force-mode direct --piwsl "{consistency_fraction: 0.
     --json "$out/step_painn_small_direct_consistency_fraction0.5.json"
 bench --model painn_small --force-mode direct --piwsl "{consistency_every: 2}" \
     --json "$out/step_painn_small_direct_consistency_every2.json"
+# One thread: where forward_mode auto runs sequentially (piwsl.trainer.PIWSLTrainer.batched_forward).
+for spec in "schnet_small gradient" "painn_small direct" "painn_small gradient"; do
+    read -r model mode <<< "$spec"
+    .venv/bin/python scripts/benchmark_step.py --threads 1 --batch-size 8 --steps 20 --warmup 5 --model "$model" \
+        --force-mode "$mode" --json "$out/step_${model}_${mode}_1thread.json"
+done
 .venv/bin/python scripts/benchmark_table.py "$out"/step_*.json --out "$out/table.md"

@@ -51,8 +51,8 @@ class PIWSLConfig:
         detach_target: stop the gradient through the Taylor side of each term (ablation).
         warmup_steps: optimizer steps of supervised-only training before the extra terms start.
         forward_mode: ``batched`` (S, S+dr, S+dr' through the model as one batch), ``sequential``
-            (one model call per geometry) or ``auto``: batched on a GPU, sequential on a CPU, where
-            the stacked batch was measured slower (``scripts/benchmark_step.py``).
+            (one model call per geometry) or ``auto``: batched, except on a CPU with one torch thread,
+            where the stacked batch was measured no faster (``scripts/benchmark_step.py``).
         consistency_fraction: fraction of each batch's structures that get the extra terms, in (0, 1]
             (at least one structure; a random subset each step).
         consistency_every: apply the extra terms on every k-th optimizer step only (k >= 1).

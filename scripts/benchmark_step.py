@@ -95,6 +95,12 @@ def make_config(args: argparse.Namespace, data_dir: Path, run_dir: Path, section
     return config
 
 
+def config_force_mode(model: str) -> str:
+    """``direct`` or ``gradient``: the force mode of ``configs/models/<model>.yml`` as written."""
+    model_config, _, _ = load_config(ROOT / f"configs/models/{model}.yml")
+    return "direct" if model_config["model"].get("direct_forces", False) else "gradient"
+
+
 class SavedTensorMeter:
     """Sums the bytes autograd saves for backward while active (activation memory of a step)."""
 
@@ -215,7 +221,7 @@ def run(args: argparse.Namespace) -> dict:
         results = [benchmark_device(args, device, work / "data", work) for device in devices]
     summary = {
         "model": args.model,
-        "force_mode": args.force_mode or "config",
+        "force_mode": args.force_mode or config_force_mode(args.model),
         "batch_size": args.batch_size,
         "steps": args.steps,
         "threads": torch.get_num_threads(),

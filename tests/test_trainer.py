@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 
 import pytest
@@ -191,3 +192,18 @@ def test_metrics_equal_fairchems_without_its_per_structure_loop(data, tmp_path):
     for name, value in reference.items():
         assert ours[name]["metric"] == pytest.approx(value["metric"], rel=1e-6), name
         assert ours[name]["numel"] == value["numel"], name
+
+
+def test_auto_forward_mode_stacks_unless_on_one_cpu_thread(data, tmp_path):
+    trainer = make_trainer(tiny_config(data, tmp_path, {"method": "piwsl", "forward_mode": "auto"}))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert not trainer.batched_forward
+        torch.set_num_threads(2)
+        assert trainer.batched_forward
+    finally:
+        torch.set_num_threads(threads)
+    for mode, stacked in (("batched", True), ("sequential", False)):
+        trainer.piwsl_config = dataclasses.replace(trainer.piwsl_config, forward_mode=mode)
+        assert trainer.batched_forward is stacked
