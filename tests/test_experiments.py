@@ -640,3 +640,21 @@ def test_scripts_run_as_commands():
         [sys.executable, str(ROOT / "scripts/aggregate.py"), "--help"], capture_output=True, text=True, check=True
     )
     assert "results_dir" in result.stdout
+
+
+def test_hpo_trials_table_orders_by_exact_objective_values():
+    optuna = pytest.importorskip("optuna")
+    from piwsl.experiments.hpo import trial_rows
+
+    distributions = {
+        "c_pitc": optuna.distributions.FloatDistribution(0.01, 10.0, log=True),
+        "c_pisc": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+        "max_displacement": optuna.distributions.FloatDistribution(0.003, 0.1),
+    }
+    study = optuna.create_study()
+    for value in (2.25003, 2.24970, 2.31):  # the first two print alike at 3 decimals
+        params = {"c_pitc": 1.0, "c_pisc": 0.01, "max_displacement": 0.02}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+    rows = trial_rows(study, ["forces_mae"])
+    assert [row["trial"] for row in rows] == [1, 0, 2]
+    assert rows[0]["pareto"] == "yes" and rows[1]["pareto"] == ""

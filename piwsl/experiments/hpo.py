@@ -122,10 +122,11 @@ def trial_rows(study, objectives: list[str]) -> list[dict]:
     import optuna
 
     best = {trial.number for trial in study.best_trials}
+    completed = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     rows = []
-    for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+    for trial in sorted(completed, key=lambda trial: trial.values[0]):  # exact values: ties in print
         row = {"trial": trial.number, "pareto": "yes" if trial.number in best else ""}
         row |= {name: f"{trial.params[name]:.4g}" for name in ("c_pitc", "c_pisc", "max_displacement")}
-        row |= {name: f"{value:.3f}" for name, value in zip(objectives, trial.values, strict=True)}
+        row |= {name: f"{value:.4f}" for name, value in zip(objectives, trial.values, strict=True)}
         rows.append(row)
-    return sorted(rows, key=lambda row: float(row[objectives[0]]))
+    return rows
