@@ -232,19 +232,26 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
             self._at_step_boundary()
         if not self._consistency_active():
             return super()._forward(batch)
-        batch = batch.to(self.device)
+        # Random displacements and their close-contact check are made where the loader left the batch
+        # (the host), before it moves to the device: no device-to-host syncs for them on a GPU.
         if self.piwsl_config.method == "noisynode":
-            return super()._forward(stack_geometries([(batch, self._sample_random(batch))]))
+            displacement = self._sample_random(batch)
+            return super()._forward(stack_geometries([(batch.to(self.device), displacement.to(self.device))]))
         subset = self._choose_structures(batch)
         target = batch if subset is None else select_structures(batch, subset)
-        if self.piwsl_config.direction == "adversarial":
+        adversarial = self.piwsl_config.direction == "adversarial"
+        displacement = None if adversarial else self._sample_random(target)
+        prime = self._sample_random(target) if self._needs_prime else None
+        batch, target = batch.to(self.device), target.to(self.device)
+        subset = None if subset is None else subset.to(self.device)
+        prime = None if prime is None else prime.to(self.device)
+        if adversarial:
             out, displacement = self._forward_adversarial(batch, subset, target)
             parts = []
         else:
-            displacement = self._sample_random(target)
+            displacement = displacement.to(self.device)
             parts = [(batch, None)]
         parts.append((target, displacement))
-        prime = self._sample_random(target) if self._needs_prime else None
         if prime is not None:
             parts.append((target, prime))
         outputs = self._forward_geometries(parts)
