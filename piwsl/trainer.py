@@ -240,19 +240,18 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         subset = self._choose_structures(batch)
         target = batch if subset is None else select_structures(batch, subset)
         adversarial = self.piwsl_config.direction == "adversarial"
-        displacement = None if adversarial else self._sample_random(target)
+        random_displacement = None if adversarial else self._sample_random(target)
         prime = self._sample_random(target) if self._needs_prime else None
         batch, target = batch.to(self.device), target.to(self.device)
         subset = None if subset is None else subset.to(self.device)
-        prime = None if prime is None else prime.to(self.device)
         if adversarial:
             out, displacement = self._forward_adversarial(batch, subset, target)
-            parts = []
+            parts = [(target, displacement)]
         else:
-            displacement = displacement.to(self.device)
-            parts = [(batch, None)]
-        parts.append((target, displacement))
+            displacement = random_displacement.to(self.device)
+            parts = [(batch, None), (target, displacement)]
         if prime is not None:
+            prime = prime.to(self.device)
             parts.append((target, prime))
         outputs = self._forward_geometries(parts)
         if parts[0][1] is None:
