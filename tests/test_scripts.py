@@ -36,16 +36,19 @@ def test_benchmark_step_writes_ratios_for_every_variant(tmp_path):
     assert set(result["ratios"]) == {"piwsl_batched/supervised", "piwsl_sequential/supervised", "batched/sequential"}
 
 
-def test_taylor_remainder_shrinks_quadratically_on_the_reference(tmp_path):
+def test_remainders_shrink_as_second_and_third_order_on_the_reference(tmp_path):
     pytest.importorskip("tblite")
     output = tmp_path / "remainder.json"
     run_script(
         "scripts/taylor_remainder.py", "--data", str(ETHANOL), "--structures", "6",
-        "--max-displacement", "0.02", "0.01", "--json", str(output),
+        "--max-displacement", "0.08", "0.04", "--json", str(output),
     )  # fmt: skip
     rows = json.loads(output.read_text())["rows"]
-    ratio = rows[0]["rms_remainder"] / rows[1]["rms_remainder"]
-    assert 2.5 < ratio < 6  # second order: halving dr_max divides the remainder by about 4
+    taylor = rows[0]["taylor_rms_remainder"] / rows[1]["taylor_rms_remainder"]
+    trapezoid = rows[0]["trapezoid_rms_remainder"] / rows[1]["trapezoid_rms_remainder"]
+    assert 2.5 < taylor < 6  # second order: halving dr_max divides the remainder by about 4
+    assert 5.5 < trapezoid < 12  # third order: by about 8
+    assert all(row["trapezoid_rms_remainder"] < 0.3 * row["taylor_rms_remainder"] for row in rows)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +59,7 @@ def test_taylor_remainder_shrinks_quadratically_on_the_reference(tmp_path):
         "scripts/benchmark_step.py",
         "scripts/benchmark_table.py",
         "scripts/taylor_remainder.py",
+        "scripts/diagnostics/neighbour_cap.py",
     ],
 )
 def test_help_explains_the_flags(script):
