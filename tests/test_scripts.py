@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -64,3 +65,30 @@ def test_remainders_shrink_as_second_and_third_order_on_the_reference(tmp_path):
 )
 def test_help_explains_the_flags(script):
     assert "--" in run_script(script, "--help").stdout
+
+
+def test_consistency_form_report_builds_overview_fronts_and_curves(tmp_path):
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    methods = {"baseline": ("Baseline", 4.0, 2.0), "baseline_e10": ("Baseline, E coef 10", 3.0, 2.5),
+               "trapezoid": ("Trapezoid", 2.0, 2.1)}  # fmt: skip
+    for method, (label, energy, forces) in methods.items():
+        for seed in (0, 1):
+            result = {
+                "run": f"mol-painn-{method}-n100-s{seed}", "run_id": f"mol-painn-{method}-n100-s{seed}-abc",
+                "dataset": "mol", "backbone": "painn", "backbone_label": "PaiNN", "method": method,
+                "method_label": label, "train_size": 100, "seed": seed,
+                "data": f"datasets/experiments/mol-n100-s{seed}",
+                "train_wall_s": 10.0 + seed, "steps": 30,
+                "test": {"energy_rmse": energy + seed, "forces_rmse": forces, "num_structures": 5},
+            }  # fmt: skip
+            (results / "runs" / f"{result['run']}.json").write_text(json.dumps(result))
+    (results / "test_energy_variance.json").write_text(json.dumps({"mol-n100-s0": 25.0, "mol-n100-s1": 36.0}))
+    run_script("scripts/consistency_form_report.py", "--results", str(results), "--runs", str(tmp_path / "none"))
+    with (results / "tables/overview.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    trapezoid = rows["trapezoid"]
+    assert float(trapezoid["energy_rmse_mean"]) == pytest.approx(2.5)
+    assert float(trapezoid["energy_r2_mean"]) == pytest.approx(((1 - 4 / 25) + (1 - 9 / 36)) / 2)
+    assert (results / "figures/front__mol-n100.png").stat().st_size > 1000
+    assert (results / "learning_curves.csv").read_text().startswith("run,step,metric,value")
