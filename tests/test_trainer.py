@@ -82,12 +82,27 @@ def test_consistency_terms_are_formed_in_physical_units(data, tmp_path):
     assert float(terms["pitc"][1]) == pytest.approx(float(expected), rel=1e-5)
 
 
-@pytest.mark.parametrize("fraction", [1.0, 0.5])
-@pytest.mark.parametrize("direct_forces", [True, False], ids=["direct", "gradient"])
-def test_batched_and_sequential_forward_agree(data, tmp_path, direct_forces, fraction):
+@pytest.mark.parametrize(
+    "direct_forces, fraction, form",
+    [
+        (True, 1.0, "taylor"),
+        (False, 1.0, "taylor"),
+        (True, 0.5, "taylor"),
+        (False, 0.5, "taylor"),
+        (True, 1.0, "trapezoid"),
+        (False, 0.5, "trapezoid"),
+    ],
+)
+def test_batched_and_sequential_forward_agree(data, tmp_path, direct_forces, fraction, form):
     results = {}
     for mode in ("batched", "sequential"):
-        section = {"method": "piwsl", "forward_mode": mode, "c_pisc": 0.5, "consistency_fraction": fraction}
+        section = {
+            "method": "piwsl",
+            "forward_mode": mode,
+            "c_pisc": 0.5,
+            "consistency_fraction": fraction,
+            "consistency_form": form,
+        }
         config = tiny_config(data, tmp_path / mode, section, direct_forces=direct_forces)
         trainer = make_trainer(config)
         trainer.step = 1
