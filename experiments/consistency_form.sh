@@ -16,7 +16,7 @@ run --study form --only 'ani1x_like-*-n100-*'
 run --study conservative --only '*-n100-*'
 run --study front
 run --study weights
-run --study form
-run --study conservative
+run --study form_1k
+run --study conservative_1k
 run --study energy_only
 .venv/bin/python scripts/aggregate.py results/consistency_form
