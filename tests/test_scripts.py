@@ -92,3 +92,26 @@ def test_consistency_form_report_builds_overview_fronts_and_curves(tmp_path):
     assert float(trapezoid["energy_r2_mean"]) == pytest.approx(((1 - 4 / 25) + (1 - 9 / 36)) / 2)
     assert (results / "figures/front__mol-n100.png").stat().st_size > 1000
     assert (results / "learning_curves.csv").read_text().startswith("run,step,metric,value")
+
+
+def test_benchmark_inference_times_direct_and_gradient_checkpoints(tmp_path):
+    from pathlib import Path
+
+    from trainer_helpers import make_trainer, prepare_ethanol, tiny_config
+
+    data = prepare_ethanol(tmp_path)
+    checkpoints = {}
+    for label, direct in (("direct", True), ("gradient", False)):
+        config = tiny_config(data, tmp_path / label, {"method": "baseline"}, direct_forces=direct)
+        config["optim"]["max_epochs"] = 0
+        trainer = make_trainer(config)
+        checkpoints[label] = Path(trainer.save(checkpoint_file="best_checkpoint.pt", training_state=False))
+        del trainer
+    output = tmp_path / "inference.json"
+    run_script(
+        "scripts/benchmark_inference.py", "--data", str(data / "test"), "--batch-size", "4", "--repeats", "2",
+        "--warmup", "1", "--json", str(output), *[f"--model={k}={v}" for k, v in checkpoints.items()],
+    )  # fmt: skip
+    rows = {row["model"]: row for row in json.loads(output.read_text())["rows"]}
+    assert rows["direct"]["forces"] == "direct" and rows["gradient"]["forces"] == "gradient"
+    assert all(row["median_ms_per_batch"] > 0 for row in rows.values())
