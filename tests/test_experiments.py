@@ -286,18 +286,18 @@ def test_prepared_data_are_reused_checked_and_never_overwritten(tmp_path):
     assert (split / "metadata.json").stat().st_mtime_ns == written, "prepared data must never be overwritten"
 
 
-def test_test_size_must_be_the_requested_one_unless_the_source_is_too_small(tmp_path):
+def test_test_size_must_be_the_requested_one_or_the_sources_default(tmp_path):
     content = grid_content(tmp_path)
     content["datasets"]["ethanol"] |= {"test_size": 16}
-    run = next(run for run in parse_grid(content).runs if run.train_size == 32)  # 60 frames: 20 left for test
+    run = next(run for run in parse_grid(content).runs if run.train_size == 32)
     smaller = tmp_path / "smaller"
     prepare_dataset(read_rmd17(ETHANOL), smaller, 32, 8, 12, run.split_seed, ETHANOL, "rmd17")
     assert runner.split_mismatches(smaller, run) == ["split_sizes.test is 12, the run asks for 16"]
-    content["datasets"]["ethanol"] |= {"test_size": 100}
+    content["datasets"]["ethanol"].pop("test_size")
     run = next(run for run in parse_grid(content).runs if run.train_size == 32)
-    everything_left = tmp_path / "everything_left"
-    prepare_dataset(read_rmd17(ETHANOL), everything_left, 32, 8, 100, run.split_seed, ETHANOL, "rmd17")
-    assert runner.split_mismatches(everything_left, run) == []
+    default = tmp_path / "default"
+    prepare_dataset(read_rmd17(ETHANOL), default, 32, 8, None, run.split_seed, ETHANOL, "rmd17")
+    assert runner.split_mismatches(default, run) == []  # 60 frames: the default test set is the 20 left
 
 
 def test_a_partly_written_split_is_rebuilt_with_a_record_of_its_request(tmp_path):
