@@ -27,7 +27,7 @@ from fairchem.core.common.registry import registry
 from fairchem.core.common.utils import build_config, save_experiment_log, setup_imports, setup_logging
 from submitit.helpers import DelayedSubmission
 
-import piwsl  # noqa: F401  (registers the "piwsl" trainer)
+import piwsl.trainer  # noqa: F401  (registers the "piwsl" trainer and piwsl's backbones)
 from piwsl.checkpointing import CheckpointError
 from piwsl.config import PIWSLConfig, PIWSLConfigError
 from piwsl.cpu_memory import tune_malloc_for_tensors

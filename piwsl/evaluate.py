@@ -15,7 +15,7 @@ from fairchem.core.datasets import LmdbDataset, data_list_collater
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import piwsl  # noqa: F401  (registers the "piwsl" trainer)
+import piwsl.trainer  # noqa: F401  (registers the "piwsl" trainer and piwsl's backbones)
 
 
 @dataclass

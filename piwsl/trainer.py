@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Batch
 
+import piwsl.models  # noqa: F401  (registers piwsl's backbones, also under fairchem's own CLI)
 from piwsl.batching import select_structures, stack_geometries
 from piwsl.checkpointing import ResumableTraining
 from piwsl.config import PIWSLConfig, PIWSLConfigError
@@ -41,8 +42,11 @@ from piwsl.displacements import (
     close_contacts,
 )
 from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss
+from piwsl.setup_checks import check_graph_backend, reject_ignored_section
 
 ENERGY_KEY = "energy"
+#: How checkpoints name this trainer: fairchem's registry (and its OCPCalculator) resolve the dotted path.
+TRAINER_PATH = "piwsl.trainer.PIWSLTrainer"
 #: Attempts to redraw a displacement that brings two atoms too close, before giving up on it.
 MAX_REDRAWS = 10
 FORCES_KEY = "forces"
@@ -77,10 +81,13 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
     """OCP trainer with PITC/PISC consistency losses, NoisyNode and weak-label baselines."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        reject_ignored_section()
+        check_graph_backend(kwargs.get("model", {}))
         optimizer = kwargs.get("optimizer", {})
         self.piwsl_config = PIWSLConfig.from_dict(optimizer.get("piwsl"), where="piwsl")
         self._pending: DisplacedPredictions | None = None
         super().__init__(*args, **kwargs)
+        self.config["trainer"] = TRAINER_PATH  # fairchem records its task name ("ocp") here
         self.metrics: dict = {}
         self._nonfinite_steps = 0
         self._consecutive_nonfinite_steps = 0

@@ -145,7 +145,7 @@ def measure(job: Job) -> dict:
     from fairchem.core.common.registry import registry
     from fairchem.core.common.utils import setup_imports
 
-    import piwsl  # noqa: F401  (registers our models)
+    import piwsl.models  # noqa: F401  (registers our models)
 
     setup_imports()
     result = asdict(job) | {"error": None}
