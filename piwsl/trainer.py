@@ -43,6 +43,7 @@ from piwsl.displacements import (
 )
 from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss
 from piwsl.setup_checks import check_graph_backend, reject_ignored_section
+from piwsl.training_data import TRAINING_DATA_KEY, describe_training_data
 
 ENERGY_KEY = "energy"
 #: How checkpoints name this trainer: fairchem's registry (and its OCPCalculator) resolve the dotted path.
@@ -97,6 +98,7 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         self._apply_max_steps()
         self._build_samplers()
         self._setup_checkpoints()
+        self._record_training_data()
         common = {
             "loss": self.piwsl_config.pointwise_loss,
             "energy_scale": self.energy_scale,
@@ -107,6 +109,13 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         self.weak_label_loss = WeakLabelLoss(**common)
         if distutils.is_master():
             logging.info(f"PIWSL settings: {self.piwsl_config}")
+
+    def _record_training_data(self) -> None:
+        """Units, element references, elements and structure hashes of the training set, for every checkpoint."""
+        dataset = getattr(self, "train_dataset", None)
+        if dataset is not None and len(dataset) > 0:
+            records = (dataset[index] for index in range(len(dataset)))
+            self.config[TRAINING_DATA_KEY] = describe_training_data(self.config["dataset"], records)
 
     def _build_samplers(self) -> None:
         seed = self.piwsl_config.seed

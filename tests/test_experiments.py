@@ -605,10 +605,10 @@ def test_calculator_matches_evaluate_on_a_trained_checkpoint(tmp_path):
     atoms.calc = calculator
     assert atoms.get_potential_energy() == pytest.approx(energies[0] / EV_TO_KCAL_PER_MOL, rel=1e-5)
     np.testing.assert_allclose(atoms.get_forces(), forces[0] / EV_TO_KCAL_PER_MOL, rtol=1e-4, atol=1e-6)
-    atoms.calc = PIWSLCalculator(checkpoint, energy_unit="eV")
-    assert atoms.get_potential_energy() == pytest.approx(energies[0], rel=1e-5), "eV data: no conversion"
+    with pytest.raises(ValueError, match="energy_unit 'eV' contradicts"):
+        PIWSLCalculator(checkpoint, energy_unit="eV")  # the checkpoint records kcal/mol
     with pytest.raises(ValueError, match="energy_unit"):
-        PIWSLCalculator(checkpoint, energy_unit="hartree")
+        PIWSLCalculator(checkpoint, energy_unit="rydberg")
     atoms.calc = calculator
     VelocityVerlet(atoms, timestep=0.1).run(2)
     trajectory = run_md(structures[0], calculator, "nve", temperature=300, timestep=0.5, steps=10, record_every=1)
