@@ -212,7 +212,7 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         return samplers
 
     def _apply_max_steps(self) -> None:
-        """``optim.max_steps`` (fairchem counts epochs only): train ceil(max_steps / batches) epochs."""
+        """``optim.max_steps`` (fairchem counts epochs only): enough epochs, cut at the step (``ResumableTraining``)."""
         max_steps = self.config["optim"].get("max_steps")
         if max_steps is None or getattr(self, "train_loader", None) is None:
             return
