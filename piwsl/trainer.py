@@ -42,6 +42,7 @@ from piwsl.displacements import (
     close_contacts,
 )
 from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss
+from piwsl.progress import TrainingProgress
 from piwsl.setup_checks import check_graph_backend, reject_ignored_section
 from piwsl.training_data import TRAINING_DATA_KEY, describe_training_data
 
@@ -87,6 +88,7 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         optimizer = kwargs.get("optimizer", {})
         self.piwsl_config = PIWSLConfig.from_dict(optimizer.get("piwsl"), where="piwsl")
         self._pending: DisplacedPredictions | None = None
+        self._progress: TrainingProgress | None = None
         super().__init__(*args, **kwargs)
         self.config["trainer"] = TRAINER_PATH  # fairchem records its task name ("ocp") here
         self.metrics: dict = {}
@@ -217,6 +219,22 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         if max_steps is None or getattr(self, "train_loader", None) is None:
             return
         self.config["optim"]["max_epochs"] = math.ceil(int(max_steps) / len(self.train_loader))
+
+    def train(self, disable_eval_tqdm: bool = False) -> None:
+        """fairchem's training loop with a progress bar (ETA, loss terms) on the main rank."""
+        optim = self.config["optim"]
+        total = int(optim.get("max_steps") or optim["max_epochs"] * len(self.train_loader))
+        self._progress = TrainingProgress(total, self.step, enabled=distutils.is_master())
+        try:
+            super().train(disable_eval_tqdm)
+        finally:
+            self._progress.close()
+            self._progress = None
+
+    def _backward(self, loss: Tensor) -> None:
+        super()._backward(loss)
+        if self._progress is not None:
+            self._progress.update(self.step, self.metrics)
 
     def load_loss(self) -> None:
         """fairchem's losses, without terms whose coefficient is 0 (e.g. forces in energy-only training)."""
