@@ -63,6 +63,12 @@ class ConfigError(ValueError):
 class PIWSLRunner(Runner):
     """fairchem's runner; unpickled in SLURM jobs and DDP workers, where importing this module registers piwsl."""
 
+    def __call__(self, config: dict) -> None:
+        """fairchem's run; after training, the learning curves are drawn into the run's logs directory."""
+        super().__call__(config)
+        if config.get("mode") == "train" and distutils.is_master():
+            plot_run_learning_curves(self.trainer)
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """On SLURM pre-emption, requeue the same run; it resumes from its last step-boundary checkpoint.
 
@@ -73,6 +79,21 @@ class PIWSLRunner(Runner):
         self.config["checkpoint"] = None
         logging.info(f"pre-empted: requeueing run {self.config['timestamp_id']} to resume from its checkpoint")
         return DelayedSubmission(PIWSLRunner(), self.config)
+
+
+def plot_run_learning_curves(trainer) -> None:
+    """``learning_curves.png`` in the trainer's tensorboard logs directory; a failure only logs a warning."""
+    writer = getattr(getattr(trainer, "logger", None), "writer", None)
+    if writer is None:
+        return
+    writer.flush()
+    from piwsl.plots import plot_learning_curves
+
+    logs = Path(trainer.config["cmd"]["logs_dir"])
+    try:
+        logging.info(f"learning curves: {plot_learning_curves(logs, logs / 'learning_curves.png')}")
+    except Exception as error:  # a figure must never fail a finished training run
+        logging.warning(f"learning curves not drawn ({error}); draw them with scripts/plot_learning_curves.py {logs}")
 
 
 def run_config(config: dict) -> None:

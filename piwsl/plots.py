@@ -97,3 +97,15 @@ def plot_learning_curves(logs_dir: Path, path: Path, title: str = "") -> Path:
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path
+
+
+def find_logs_dir(path: Path) -> Path:
+    """The tensorboard logs directory of a run: ``path`` itself, or the only one below it (a run directory)."""
+    path = Path(path)
+    directories = sorted({event.parent for event in path.rglob("events.out.tfevents.*")})
+    if not directories:
+        raise FileNotFoundError(f"{path}: no tensorboard logs (events.out.tfevents.*) in or below it")
+    if len(directories) > 1:
+        listed = ", ".join(str(directory) for directory in directories[:5])
+        raise FileNotFoundError(f"{path} holds the logs of {len(directories)} runs ({listed}...); name one of them")
+    return directories[0]

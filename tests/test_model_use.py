@@ -119,3 +119,22 @@ def test_calculator_needs_a_unit_for_checkpoints_without_a_record(trained, tmp_p
     with pytest.raises(ValueError, match="does not record the unit"):
         PIWSLCalculator(old)
     assert PIWSLCalculator(old, energy_unit="eV").ev_per_unit == 1.0
+
+
+def test_learning_curves_show_every_logged_term_of_train_and_val(trained, tmp_path, capsys):
+    import importlib.util
+
+    from trainer_helpers import ROOT
+
+    from piwsl.plots import find_logs_dir, read_scalars
+
+    checkpoint, _ = trained
+    run_dir = checkpoint.parents[2]
+    curves = read_scalars(find_logs_dir(run_dir))
+    assert {"train", "val"} <= set(curves["forces_mae"]) and "train" in curves["pitc_loss"]
+    spec = importlib.util.spec_from_file_location("curves_script", ROOT / "scripts/plot_learning_curves.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(run_dir), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert script.main([str(tmp_path)]) == 2 and "no tensorboard logs" in capsys.readouterr().err

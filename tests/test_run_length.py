@@ -36,3 +36,20 @@ def test_rerunning_a_finished_run_validates_nothing_more(data, tmp_path):
     resumed.load_checkpoint(str(tmp_path / "checkpoints/test/checkpoint.pt"))
     resumed.train(disable_eval_tqdm=True)
     assert resumed.step == 3 and best.stat().st_mtime_ns == written
+
+
+def test_main_draws_the_learning_curves_at_the_end_of_training(data, tmp_path):
+    import yaml
+
+    from piwsl.cli import main
+
+    config = tiny_config(data, tmp_path, {"method": "piwsl"})
+    config["optim"].pop("max_epochs")
+    config["optim"].update({"max_steps": 2, "eval_every": 2})
+    config = {k: v for k, v in config.items() if k not in ("run_dir", "cpu", "timestamp_id")}
+    (tmp_path / "c.yml").write_text(yaml.safe_dump(config))
+    assert (
+        main(["--mode", "train", "--config", str(tmp_path / "c.yml"), "--cpu", "--run-dir", str(tmp_path / "r")]) == 0
+    )
+    (curves,) = (tmp_path / "r").rglob("learning_curves.png")
+    assert curves.stat().st_size > 10_000
