@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Time one forward+backward pass and measure its memory, per backbone, model size and force mode.
 
 Every backbone is built from its model config (``configs/models/{backbone}.yml`` for ``paper``,

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Convert reference data into fairchem LMDBs with the paper's split protocol (App. B, C).
 
 Writes OUT/train, OUT/val, OUT/test (fairchem LmdbDataset directories) and OUT/metadata.json
