@@ -44,3 +44,13 @@ def test_training_reports_progress(data, tmp_path, caplog):
         trainer.train(disable_eval_tqdm=True)
     lines = [record.message for record in caplog.records if record.message.startswith("step ")]
     assert lines[-1].startswith("step 8/8 (100%)") and "pisc_loss" in lines[-1]
+
+
+def test_scale_factor_warnings_are_shown_once(caplog):
+    import piwsl  # noqa: F401  (installs the filter)
+
+    with caplog.at_level(logging.WARNING):
+        for name in ("a", "b", "c"):
+            logging.warning(f"Scale factor {name} is not fitted. Please make sure that you either (1) ...")
+    notices = [record for record in caplog.records if "scale factors" in record.getMessage()]
+    assert len(notices) <= 1 and not any("Scale factor b" in record.getMessage() for record in caplog.records)
