@@ -11,6 +11,7 @@ or structures. Neighbour lists are dropped: models rebuild them (``otf_graph: Tr
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -28,23 +29,23 @@ class BatchLayoutError(ValueError):
     """A batch field whose rows cannot be assigned to structures."""
 
 
-def _rows_per_structure(batch: Batch, key: str, value: object) -> Tensor | None:
-    """Rows (along the concatenation dimension) that each structure holds of ``value``, on the CPU.
+def _bounds_of(batch: Batch, key: str, value: object) -> tuple[int, ...] | None:
+    """Row boundaries (along the concatenation dimension) of each structure's part of ``value``: (B + 1,).
 
     ``None`` marks a batch-wide value (neither per atom nor per structure), which is copied as is.
     """
     slices = getattr(batch, "_slice_dict", None) or {}
-    if key in slices and isinstance(slices[key], Tensor):
-        bounds = slices[key].cpu()
-        return bounds[1:] - bounds[:-1]
+    bounds = slices.get(key)
+    if isinstance(bounds, Tensor):
+        return tuple(bounds.tolist())
     num_structures, num_atoms = int(batch.natoms.numel()), int(batch.pos.shape[0])
     if isinstance(value, Tensor) and value.dim() > 0:
         if value.shape[0] == num_atoms:
-            return batch.natoms.detach().cpu().long()
+            return (0, *itertools.accumulate(batch.natoms.tolist()))
         if value.shape[0] == num_structures:
-            return torch.ones(num_structures, dtype=torch.long)
+            return tuple(range(num_structures + 1))
     elif isinstance(value, list) and len(value) == num_structures:
-        return torch.ones(num_structures, dtype=torch.long)
+        return tuple(range(num_structures + 1))
     return None
 
 
@@ -64,61 +65,70 @@ def _rows(batch: Batch, key: str, value: Tensor, total: int) -> tuple[Tensor, in
 
 
 def _check_not_indices(batch: Batch, key: str) -> None:
-    """Fields holding node indices (shifted per structure when collated) cannot be moved between batches."""
+    """Fields holding node indices (shifted per structure when collated) cannot be moved between batches.
+
+    PyG shifts only fields whose name contains ``index`` or is ``face`` (``Data.__inc__``).
+    """
+    if "index" not in key and key != "face":
+        return
     increments = (getattr(batch, "_inc_dict", None) or {}).get(key)
-    if isinstance(increments, Tensor) and bool((increments != 0).any()):
+    if isinstance(increments, Tensor) and bool(increments.any()):
         raise BatchLayoutError(
             f"batch field '{key}' holds atom indices; piwsl cannot re-index it for displaced copies "
             "(drop it from the data or rebuild it on the fly)"
         )
 
 
-def _finish(result: Batch, positions: Tensor, batch_index: Tensor, slices: dict[str, Tensor]) -> Batch:
+def _finish(result: Batch, positions: Tensor, batch_index: Tensor, bounds: dict[str, tuple[int, ...]]) -> Batch:
     """Set positions, the graph index, ``ptr`` and PyG's slice tables on a batch assembled field by field."""
     result.pos = positions
     result.batch = batch_index
     result.ptr = torch.cat([result.natoms.new_zeros(1), result.natoms.cumsum(0)])
-    result._num_graphs = int(result.natoms.numel())
-    atom_rows = result.natoms.detach().cpu().long()
-    slices["pos"] = torch.cat([atom_rows.new_zeros(1), atom_rows.cumsum(0)])
-    result._slice_dict = slices
-    result._inc_dict = {key: torch.zeros(len(bounds) - 1, dtype=torch.long) for key, bounds in slices.items()}
+    num_structures = int(result.natoms.numel())
+    result._num_graphs = num_structures
+    bounds["pos"] = (0, *itertools.accumulate(result.natoms.tolist()))
+    tables: dict[tuple[int, ...], Tensor] = {}
+    for value in bounds.values():
+        if value not in tables:
+            tables[value] = torch.tensor(value, dtype=torch.long)
+    result._slice_dict = {key: tables[value] for key, value in bounds.items()}
+    no_increments = torch.zeros(num_structures, dtype=torch.long)
+    result._inc_dict = dict.fromkeys(bounds, no_increments)
     return result
-
-
-def _bounds(rows: Tensor) -> Tensor:
-    return torch.cat([rows.new_zeros(1), rows.cumsum(0)])
 
 
 def select_structures(batch: Batch, structures: Tensor) -> Batch:
     """The sub-batch of the structures with (sorted) indices ``structures``, without neighbour lists."""
-    chosen = structures.detach().cpu().long()
+    chosen = structures.tolist()
     selected = Batch()
-    slices: dict[str, Tensor] = {}
+    bounds: dict[str, tuple[int, ...]] = {}
+    indices: dict[tuple[int, ...], tuple[list[int], tuple[int, ...]]] = {}
     for key in batch.keys():
         if key in _REBUILT_KEYS:
             continue
         value = batch[key]
-        rows = _rows_per_structure(batch, key, value)
+        rows = _bounds_of(batch, key, value)
         if rows is None:
             if not isinstance(value, (Tensor, list)):
                 selected[key] = value
             continue
         _check_not_indices(batch, key)
-        starts = _bounds(rows)[:-1][chosen]
-        counts = rows[chosen]
-        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(_bounds(counts)[:-1], counts)
-        index = torch.repeat_interleave(starts, counts) + offsets
+        if rows not in indices:
+            index = [row for s in chosen for row in range(rows[s], rows[s + 1])]
+            counts = [rows[s + 1] - rows[s] for s in chosen]
+            indices[rows] = (index, (0, *itertools.accumulate(counts)))
+        index, bounds[key] = indices[rows]
         if isinstance(value, Tensor):
-            value, dim = _rows(batch, key, value, int(rows.sum()))
-            selected[key] = value.index_select(dim, index.to(value.device))
+            value, dim = _rows(batch, key, value, rows[-1])
+            selected[key] = value.index_select(dim, torch.tensor(index, device=value.device))
         else:
-            selected[key] = [value[i] for i in index.tolist()]
-        slices[key] = _bounds(counts)
-    keep_atom = torch.isin(batch.batch, chosen.to(batch.batch.device))
-    remap = torch.full((int(batch.natoms.numel()),), -1, dtype=torch.long, device=batch.batch.device)
-    remap[chosen.to(batch.batch.device)] = torch.arange(chosen.numel(), device=batch.batch.device)
-    return _finish(selected, batch.pos[keep_atom], remap[batch.batch[keep_atom]], slices)
+            selected[key] = [value[i] for i in index]
+    device = batch.batch.device
+    chosen_tensor = torch.tensor(chosen, dtype=torch.long, device=device)
+    keep_atom = torch.isin(batch.batch, chosen_tensor)
+    remap = torch.full((int(batch.natoms.numel()),), -1, dtype=torch.long, device=device)
+    remap[chosen_tensor] = torch.arange(len(chosen), device=device)
+    return _finish(selected, batch.pos[keep_atom], remap[batch.batch[keep_atom]], bounds)
 
 
 def stack_geometries(parts: Sequence[tuple[Batch, Tensor | None]]) -> Batch:
@@ -131,12 +141,13 @@ def stack_geometries(parts: Sequence[tuple[Batch, Tensor | None]]) -> Batch:
     """
     first = parts[0][0]
     stacked = Batch()
-    slices: dict[str, Tensor] = {}
+    bounds: dict[str, tuple[int, ...]] = {}
+    joined: dict[tuple[tuple[int, ...], ...], tuple[int, ...]] = {}
     for key in first.keys():
         if key in _REBUILT_KEYS:
             continue
-        per_part = [_rows_per_structure(part, key, part[key]) for part, _ in parts]
         values = [part[key] for part, _ in parts]
+        per_part = [_bounds_of(part, key, value) for (part, _), value in zip(parts, values, strict=True)]
         if per_part[0] is None:
             if not isinstance(values[0], (Tensor, list)):
                 stacked[key] = values[0]
@@ -145,14 +156,20 @@ def stack_geometries(parts: Sequence[tuple[Batch, Tensor | None]]) -> Batch:
             _check_not_indices(part, key)
         if isinstance(values[0], Tensor):
             pieces = [
-                _rows(part, key, value, int(rows.sum()))
+                _rows(part, key, value, rows[-1])
                 for (part, _), value, rows in zip(parts, values, per_part, strict=True)
             ]
             stacked[key] = torch.cat([piece for piece, _ in pieces], dim=pieces[0][1])
         else:
             stacked[key] = [item for value in values for item in value]
-        slices[key] = _bounds(torch.cat(per_part))
+        layout = tuple(per_part)
+        if layout not in joined:
+            rows = [0]
+            for part_rows in per_part:
+                rows.extend(rows[-1] + row for row in part_rows[1:])
+            joined[layout] = tuple(rows)
+        bounds[key] = joined[layout]
     positions = torch.cat([part.pos if shift is None else part.pos + shift for part, shift in parts], dim=0)
-    offsets = torch.cumsum(torch.tensor([0] + [int(part.natoms.numel()) for part, _ in parts[:-1]]), 0)
-    batch_index = torch.cat([part.batch + int(offset) for (part, _), offset in zip(parts, offsets, strict=True)])
-    return _finish(stacked, positions, batch_index, slices)
+    offsets = list(itertools.accumulate([0] + [int(part.natoms.numel()) for part, _ in parts[:-1]]))
+    batch_index = torch.cat([part.batch + offset for (part, _), offset in zip(parts, offsets, strict=True)])
+    return _finish(stacked, positions, batch_index, bounds)
