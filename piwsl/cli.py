@@ -108,7 +108,10 @@ def run_config(config: dict) -> None:
     """Entry point of each local or DDP rank."""
     if config.get("cpu") or not torch.cuda.is_available():
         tune_malloc_for_tensors()
-    PIWSLRunner()(config)
+    try:
+        PIWSLRunner()(config)
+    finally:
+        distutils.cleanup()  # fairchem leaves its process group open when the trainer fails to build
 
 
 def build_trainer(config: dict, **overrides: Any):

@@ -78,3 +78,4 @@ def test_use_pbc_false_without_pyg_lib_says_what_to_set(data, tmp_path, capsys):
     assert main(["--mode", "train", "--config", str(config_file), "--cpu", "--run-dir", str(tmp_path / "r")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "use_pbc" in error
+    assert not torch.distributed.is_initialized(), "a failed run must not leave its process group open"
