@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Train, validate or predict: ``python main.py --mode train --config configs/ani1x/painn_piwsl.yml``."""
 
 import sys

@@ -36,6 +36,10 @@ class TrainingStopped(Exception):
         self.signal_number = signal_number
 
 
+class _StepLimitReached(Exception):
+    """Raised at the step boundary after ``optim.max_steps`` completed steps: training ends there."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read."""
 
@@ -61,6 +65,8 @@ class ResumableTraining:
         default_period = optim.get("eval_every", len(loader) if loader is not None else -1)
         self._checkpoint_every = int(optim.get("checkpoint_every", default_period))
         optim["checkpoint_every"] = _NEVER
+        max_steps = optim.get("max_steps")
+        self._max_steps: int | None = None if max_steps is None else int(max_steps)
         self._saved_step: int | None = None
         self._rng_to_restore: dict[str, Any] | None = None
         self._stop_signal: int | None = None
@@ -111,17 +117,38 @@ class ResumableTraining:
 
     # ------------------------------------------------------------------ training
     def train(self, disable_eval_tqdm: bool = False) -> None:
+        """fairchem's training loop, ended after exactly ``optim.max_steps`` steps when that is set.
+
+        A run whose last step was not validated (fewer steps than ``eval_every``, or a step count
+        that is not a multiple of it) is validated once more at the end, so that every run that
+        trained ends with a ``best_checkpoint.pt``.
+        """
         handler_installed = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._request_stop) if handler_installed else None
+        first_step = self.step
         try:
             super().train(disable_eval_tqdm)
+        except _StepLimitReached:
+            self.step = self._max_steps
+            self.epoch = self.step / len(self.train_loader)
         except TrainingStopped as stop:
             logging.warning(str(stop))
             raise SystemExit(128 + stop.signal_number) from stop
         finally:
             if handler_installed:
                 signal.signal(signal.SIGTERM, previous)
+        if self.step > first_step:
+            self._validate_last_step(disable_eval_tqdm)
         self._save_boundary(self.step)
+
+    def _validate_last_step(self, disable_eval_tqdm: bool) -> None:
+        """Validate (and keep as best if it is) the final weights when the loop did not just do so."""
+        eval_every = self.config["optim"].get("eval_every", len(self.train_loader))
+        if getattr(self, "val_loader", None) is None or self.step % eval_every == 0:
+            return
+        primary_metric = self.evaluation_metrics.get("primary_metric", self.evaluator.task_primary_metric[self.name])
+        metrics = self.validate(split="val", disable_tqdm=disable_eval_tqdm)
+        self.update_best(primary_metric, metrics, disable_eval_tqdm=disable_eval_tqdm)
 
     def _request_stop(self, signal_number: int, _frame: Any) -> None:
         logging.warning(f"signal {signal_number}: stopping at the next step boundary after a checkpoint")
@@ -138,6 +165,8 @@ class ResumableTraining:
             self._save_boundary(completed)
         if self._stop_signal is not None:
             raise TrainingStopped(self._stop_signal, completed)
+        if self._max_steps is not None and completed >= self._max_steps:
+            raise _StepLimitReached()
 
     def _save_boundary(self, completed: int) -> None:
         current = (self.step, self.epoch)

@@ -14,7 +14,6 @@ import copy
 import hashlib
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,12 @@ from fairchem.core.common.registry import registry
 from fairchem.core.common.utils import build_config, save_experiment_log, setup_imports, setup_logging
 from submitit.helpers import DelayedSubmission
 
-import piwsl  # noqa: F401  (registers the "piwsl" trainer)
+import piwsl.trainer  # noqa: F401  (registers the "piwsl" trainer and piwsl's backbones)
 from piwsl.checkpointing import CheckpointError
 from piwsl.config import PIWSLConfig, PIWSLConfigError
 from piwsl.cpu_memory import tune_malloc_for_tensors
 from piwsl.dataset_checks import DatasetError, check_disjoint, check_readable, check_units
+from piwsl.slurm import SlurmError, check_slurm_tools, cpu_job_config, expand_sweep
 
 #: Top-level keys of our configs that fairchem does not know and main.py consumes.
 PREPARATION_KEY = "dataset_preparation"
@@ -63,6 +63,19 @@ class ConfigError(ValueError):
 class PIWSLRunner(Runner):
     """fairchem's runner; unpickled in SLURM jobs and DDP workers, where importing this module registers piwsl."""
 
+    def __call__(self, config: dict) -> None:
+        """fairchem's run; after training, the learning curves are drawn into the run's logs directory.
+
+        A ``--submit --cpu`` job sets itself up from SLURM's variables over gloo (``slurm.cpu_job_config``):
+        fairchem's own SLURM set-up needs CUDA and NCCL.
+        """
+        self._submitted = bool(config.get("submit"))
+        if self._submitted and config.get("cpu"):
+            config = cpu_job_config(config)
+        super().__call__(config)
+        if config.get("mode") == "train" and distutils.is_master():
+            plot_run_learning_curves(self.trainer)
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """On SLURM pre-emption, requeue the same run; it resumes from its last step-boundary checkpoint.
 
@@ -71,15 +84,34 @@ class PIWSLRunner(Runner):
         """
         self.config["timestamp_id"] = self.trainer.timestamp_id
         self.config["checkpoint"] = None
+        self.config["submit"] = getattr(self, "_submitted", self.config.get("submit"))
         logging.info(f"pre-empted: requeueing run {self.config['timestamp_id']} to resume from its checkpoint")
         return DelayedSubmission(PIWSLRunner(), self.config)
+
+
+def plot_run_learning_curves(trainer) -> None:
+    """``learning_curves.png`` in the trainer's tensorboard logs directory; a failure only logs a warning."""
+    writer = getattr(getattr(trainer, "logger", None), "writer", None)
+    if writer is None:
+        return
+    writer.flush()
+    from piwsl.plots import plot_learning_curves
+
+    logs = Path(trainer.config["cmd"]["logs_dir"])
+    try:
+        logging.info(f"learning curves: {plot_learning_curves(logs, logs / 'learning_curves.png')}")
+    except Exception as error:  # a figure must never fail a finished training run
+        logging.warning(f"learning curves not drawn ({error}); draw them with scripts/plot_learning_curves.py {logs}")
 
 
 def run_config(config: dict) -> None:
     """Entry point of each local or DDP rank."""
     if config.get("cpu") or not torch.cuda.is_available():
         tune_malloc_for_tensors()
-    PIWSLRunner()(config)
+    try:
+        PIWSLRunner()(config)
+    finally:
+        distutils.cleanup()  # fairchem leaves its process group open when the trainer fails to build
 
 
 def build_trainer(config: dict, **overrides: Any):
@@ -187,13 +219,13 @@ def check_datasets(config: dict, preparation: str | None, units: dict[str, str] 
                 raise ConfigError(str(error)) from error
 
 
-def submit(args: argparse.Namespace, config: dict) -> None:
-    """Submit to SLURM through submitit, as fairchem's CLI does, with piwsl available in the job."""
+def submit(args: argparse.Namespace, configs: list[dict]) -> None:
+    """Submit to SLURM through submitit (one array task per config), as fairchem's CLI does, with piwsl in the job."""
     from submitit import AutoExecutor
 
-    if shutil.which("sbatch") is None:
-        raise ConfigError("--submit needs SLURM, but 'sbatch' is not on PATH; run without --submit to train here")
-    executor = AutoExecutor(folder=args.logdir / "%j", slurm_max_num_timeout=3)
+    check_slurm_tools()
+    config = configs[0]
+    executor = AutoExecutor(folder=args.logdir / "%j", slurm_max_num_timeout=3, cluster="slurm")
     executor.update_parameters(
         name=args.identifier,
         mem_gb=args.slurm_mem,
@@ -207,11 +239,12 @@ def submit(args: argparse.Namespace, config: dict) -> None:
         slurm_qos=args.slurm_qos,
         slurm_account=args.slurm_account,
     )
-    config["slurm"] = copy.deepcopy(executor.parameters)
-    config["slurm"]["folder"] = str(executor.folder)
-    jobs = executor.map_array(PIWSLRunner(), [config])
+    for each in configs:
+        each["slurm"] = copy.deepcopy(executor.parameters)
+        each["slurm"]["folder"] = str(executor.folder)
+    jobs = executor.map_array(PIWSLRunner(), configs)
     logging.info(f"Submitted jobs: {', '.join(job.job_id for job in jobs)}")
-    logging.info(f"Experiment log saved to: {save_experiment_log(args, jobs, [config])}")
+    logging.info(f"Experiment log saved to: {save_experiment_log(args, jobs, configs)}")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -219,10 +252,18 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
         raise ConfigError("no config given: pass --config PATH (e.g. configs/ani1x/painn_piwsl.yml)")
     if not Path(args.config_yml).exists():
         raise ConfigError(f"config file not found: {args.config_yml}")
-    config = prepare_config(build_config(args, overrides))
+    if args.sweep_yml is not None and not args.submit:
+        raise ConfigError(
+            "--sweep-yml runs its configs as a SLURM array and needs --submit (as in fairchem); for a local grid "
+            "use scripts/run_experiments.py"
+        )
     if args.submit:
-        submit(args, config)
-    elif args.num_gpus > 1:
+        raw = build_config(args, overrides)
+        variants = expand_sweep(raw, args.sweep_yml) if args.sweep_yml is not None else [raw]
+        submit(args, [prepare_config(variant) for variant in variants])
+        return
+    config = prepare_config(build_config(args, overrides))
+    if args.num_gpus > 1:
         from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
         config.setdefault("optim", {})["num_workers"] = 0
@@ -240,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = get_parser().parse_known_args(argv)
     try:
         run(args, overrides)
-    except (ConfigError, PIWSLConfigError, CheckpointError) as error:
+    except (ConfigError, PIWSLConfigError, CheckpointError, SlurmError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Batch
 
+import piwsl.models  # noqa: F401  (registers piwsl's backbones, also under fairchem's own CLI)
 from piwsl.batching import select_structures, stack_geometries
 from piwsl.checkpointing import ResumableTraining
 from piwsl.config import PIWSLConfig, PIWSLConfigError
@@ -42,8 +43,13 @@ from piwsl.displacements import (
 )
 from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss
 from piwsl.neighbours import warn_if_truncated
+from piwsl.progress import TrainingProgress
+from piwsl.setup_checks import check_graph_backend, reject_ignored_section
+from piwsl.training_data import TRAINING_DATA_KEY, describe_training_data
 
 ENERGY_KEY = "energy"
+#: How checkpoints name this trainer: fairchem's registry (and its OCPCalculator) resolve the dotted path.
+TRAINER_PATH = "piwsl.trainer.PIWSLTrainer"
 #: Attempts to redraw a displacement that brings two atoms too close, before giving up on it.
 MAX_REDRAWS = 10
 FORCES_KEY = "forces"
@@ -78,10 +84,14 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
     """OCP trainer with PITC/PISC consistency losses, NoisyNode and weak-label baselines."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        reject_ignored_section()
+        check_graph_backend(kwargs.get("model", {}))
         optimizer = kwargs.get("optimizer", {})
         self.piwsl_config = PIWSLConfig.from_dict(optimizer.get("piwsl"), where="piwsl")
         self._pending: DisplacedPredictions | None = None
+        self._progress: TrainingProgress | None = None
         super().__init__(*args, **kwargs)
+        self.config["trainer"] = TRAINER_PATH  # fairchem records its task name ("ocp") here
         self.metrics: dict = {}
         self._nonfinite_steps = 0
         self._consecutive_nonfinite_steps = 0
@@ -93,6 +103,7 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         self._apply_max_steps()
         self._build_samplers()
         self._setup_checkpoints()
+        self._record_training_data()
         common = {
             "loss": self.piwsl_config.pointwise_loss,
             "energy_scale": self.energy_scale,
@@ -104,6 +115,13 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         self.weak_label_loss = WeakLabelLoss(**common)
         if distutils.is_master():
             logging.info(f"PIWSL settings: {self.piwsl_config}")
+
+    def _record_training_data(self) -> None:
+        """Units, element references, elements and structure hashes of the training set, for every checkpoint."""
+        dataset = getattr(self, "train_dataset", None)
+        if dataset is not None and len(dataset) > 0:
+            records = (dataset[index] for index in range(len(dataset)))
+            self.config[TRAINING_DATA_KEY] = describe_training_data(self.config["dataset"], records)
 
     def _build_samplers(self) -> None:
         seed = self.piwsl_config.seed
@@ -200,11 +218,27 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         return samplers
 
     def _apply_max_steps(self) -> None:
-        """``optim.max_steps`` (fairchem counts epochs only): train ceil(max_steps / batches) epochs."""
+        """``optim.max_steps`` (fairchem counts epochs only): enough epochs, cut at the step (``ResumableTraining``)."""
         max_steps = self.config["optim"].get("max_steps")
         if max_steps is None or getattr(self, "train_loader", None) is None:
             return
         self.config["optim"]["max_epochs"] = math.ceil(int(max_steps) / len(self.train_loader))
+
+    def train(self, disable_eval_tqdm: bool = False) -> None:
+        """fairchem's training loop with a progress bar (ETA, loss terms) on the main rank."""
+        optim = self.config["optim"]
+        total = int(optim.get("max_steps") or optim["max_epochs"] * len(self.train_loader))
+        self._progress = TrainingProgress(total, self.step, enabled=distutils.is_master())
+        try:
+            super().train(disable_eval_tqdm)
+        finally:
+            self._progress.close()
+            self._progress = None
+
+    def _backward(self, loss: Tensor) -> None:
+        super()._backward(loss)
+        if self._progress is not None:
+            self._progress.update(self.step, self.metrics)
 
     def load_loss(self) -> None:
         """fairchem's losses, without terms whose coefficient is 0 (e.g. forces in energy-only training)."""

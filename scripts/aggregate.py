@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Tables and figures of a results directory, in the layout of the paper's Tables 1-3 and Fig. 2a/b.
 
 Reads RESULTS_DIR/runs/*.json (written by scripts/run_experiments.py) and RESULTS_DIR/grid.json.

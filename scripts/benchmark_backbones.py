@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Time one forward+backward pass and measure its memory, per backbone, model size and force mode.
 
 Every backbone is built from its model config (``configs/models/{backbone}.yml`` for ``paper``,
@@ -145,7 +146,7 @@ def measure(job: Job) -> dict:
     from fairchem.core.common.registry import registry
     from fairchem.core.common.utils import setup_imports
 
-    import piwsl  # noqa: F401  (registers our models)
+    import piwsl.models  # noqa: F401  (registers our models)
 
     setup_imports()
     result = asdict(job) | {"error": None}

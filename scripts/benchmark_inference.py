@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Inference cost of trained models: time to predict energies and forces of a batch, per checkpoint.
 
 Direct-force models predict forces with a head in one forward pass; gradient-force models need a

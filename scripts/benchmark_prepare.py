@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Benchmark ANI-1x preparation: throughput and peak memory on synthetic files of growing size.
 
 Writes synthetic files in the ANI-1x release layout (groups per formula of 4-32 H/C/N/O atoms,

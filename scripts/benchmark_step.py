@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Time training steps: supervised only vs PIWSL sequential vs PIWSL batched, on the same real batches.
 
 All variants run in one process and are timed round-robin (one step of each in turn), so that a

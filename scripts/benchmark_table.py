@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Print (and optionally write) the markdown table of ``scripts/benchmark_step.py`` result files.
 
 Example: python scripts/benchmark_table.py results/benchmarks/step_*.json --out results/benchmarks/table.md

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Overview table, energy-vs-force fronts and learning curves of a study's runs (results/consistency_form).
 
 Complements scripts/aggregate.py (the paper-layout tables) with what the consistency-form study

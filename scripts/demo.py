@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Demo: small PaiNN on 100 bundled aspirin structures (GFN2-xTB), with and without PIWSL.
 
 Prepares the data once, trains both models with the same seed and the same number of steps (in

@@ -1,7 +1,12 @@
-"""Energy and force errors (RMSE, MAE; kcal/mol and kcal/mol/Å) of a checkpoint on a prepared split.
+#!/usr/bin/env python
+"""Energy and force errors (RMSE, MAE) of a checkpoint on a prepared split, in the training data's units.
 
 Example: python scripts/evaluate.py --checkpoint runs/demo/piwsl/checkpoints/piwsl-seed0/best_checkpoint.pt \
-    --data datasets/aspirin_demo/test --json piwsl_test.json
+    --data datasets/aspirin_demo/test --json piwsl_test.json --predictions piwsl_test.npz --plot piwsl_test.png
+
+Elements the model never saw in training are an error (--allow-unseen-elements: a warning);
+data prepared in other units or with other element references than the training data are an
+error; structures that were in the training set are counted and warned about.
 """
 
 from __future__ import annotations
@@ -9,9 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
-
-from piwsl.evaluate import evaluate_checkpoint
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -20,16 +24,45 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True, help="an LMDB split directory, e.g. DIR/test")
     parser.add_argument("--batch-size", type=int, default=32, help="structures per forward pass")
     parser.add_argument("--json", type=Path, default=None, help="also write the errors to this JSON file")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        help="write per-structure predictions and labels in full precision: .npz (energies, all force "
+        "components) or .csv (one row per structure: energies, energy error, force RMSE)",
+    )
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="draw energy and force parity plots with an error histogram (PNG)"
+    )
+    parser.add_argument(
+        "--allow-unseen-elements",
+        action="store_true",
+        help="predict structures with elements absent from the training data (a warning instead of an error)",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
-    errors = evaluate_checkpoint(args.checkpoint, args.data, args.batch_size)
-    for name, value in errors.items():
-        print(f"{name:15s} {value}")
+    from piwsl.evaluate import evaluate, load_trainer
+
+    trainer = load_trainer(args.checkpoint)
+    errors, predictions = evaluate(
+        trainer, args.data, args.batch_size, allow_unseen_elements=args.allow_unseen_elements, keep_predictions=True
+    )
+    result = asdict(errors)
+    unit = errors.energy_unit
+    units = {"energy_rmse": unit, "energy_mae": unit, "forces_rmse": f"{unit}/Å", "forces_mae": f"{unit}/Å"}
+    for name, value in result.items():
+        print(f"{name:15s} {value}{' ' + units[name] if name in units and value is not None else ''}")
     if args.json is not None:
-        args.json.write_text(json.dumps(errors | {"checkpoint": str(args.checkpoint), "data": str(args.data)}))
-    return errors
+        args.json.write_text(json.dumps(result | {"checkpoint": str(args.checkpoint), "data": str(args.data)}))
+    if args.predictions is not None:
+        predictions.save(args.predictions)
+    if args.plot is not None:
+        from piwsl.plots import plot_parity
+
+        plot_parity(predictions, args.plot, title=f"{args.checkpoint.parent.name} on {args.data}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.exists():
         print(f"error: data not found: {args.data}", file=sys.stderr)
         return 2
+    if args.predictions is not None and args.predictions.suffix not in (".npz", ".csv"):
+        print(f"error: --predictions {args.predictions}: use a .npz or .csv file name", file=sys.stderr)
+        return 2
+    from piwsl.checkpointing import CheckpointError
+    from piwsl.training_data import OutsideTrainingDomainError
+
     try:
         run(args)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, CheckpointError, OutsideTrainingDomainError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Hyper-parameter search for (C_PITC, C_PISC, δr_max) with Optuna, as the paper did (App. B).
 
 Every trial trains one run of a grid file (--run, a run of method piwsl, e.g.

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Make the small extxyz test files for the ``ase``/``lmnto`` readers from real labelled data.
 
 No labels are invented: the periodic file holds TiO2 supercells of ``tests/data/tio2_xsf``

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Convert reference data into fairchem LMDBs with the paper's split protocol (App. B, C).
 
 Writes OUT/train, OUT/val, OUT/test (fairchem LmdbDataset directories) and OUT/metadata.json
@@ -55,8 +56,9 @@ def get_parser() -> argparse.ArgumentParser:
         "--test-size",
         type=int,
         default=None,
-        help="test structures (default: 10,000 for ani1x and rmd17, 1,000 for tio2, lmnto and ase, or all that is "
-        "left if fewer); drawn first, so the same for every N_train with the same seed",
+        help="test structures, drawn first: the same for every N_train with the same seed and test size; a source "
+        "too small for it is an error (default: 10,000 for ani1x and rmd17, 1,000 for tio2, lmnto and ase, or what "
+        "train and validation leave, with a warning: that test set changes with N_train)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that defines the splits (default 0)")
     parser.add_argument(
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
         args.out,
         args.train_size,
         default_val_size(args.train_size) if args.val_size is None else args.val_size,
-        spec.default_test_size if args.test_size is None else args.test_size,
+        args.test_size,
         args.seed,
         train_without_forces=args.energy_only,
         self_energies=self_energies,

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Run the studies of a grid file: datasets x backbones x methods x N_train x seeds.
 
 Each run's data split is prepared once (scripts/prepare_data.py), its config composed from the

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """How far the reference potential itself is from PIWSL's consistency targets at its displacements.
 
 PITC asks a model to satisfy ``E(S + dr) = E(S) - sum_i <dr_i, F_i(S)>`` (``taylor``, the paper's

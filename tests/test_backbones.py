@@ -37,7 +37,7 @@ from torch import nn
 from torch_geometric.data import Batch
 from trainer_helpers import ETHANOL, make_trainer, prepare_ethanol, tiny_config
 
-import piwsl  # noqa: F401  (registers the models)
+import piwsl.models  # noqa: F401  (registers the models)
 from piwsl.config import PIWSLConfig
 from piwsl.data.formats import read_rmd17
 from piwsl.data.structures import Structure, molecule

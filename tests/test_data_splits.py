@@ -12,7 +12,7 @@ from trainer_helpers import ETHANOL
 
 from piwsl.data.formats import Rmd17Source, read_rmd17
 from piwsl.data.prepare import prepare_dataset
-from piwsl.data.splits import default_val_size, make_split
+from piwsl.data.splits import default_test_size, default_val_size, make_split
 
 
 def test_splits_are_disjoint_sorted_and_sized():
@@ -34,10 +34,22 @@ def test_test_set_is_fixed_across_training_sizes_and_training_sets_nest():
 
 def test_validation_default_and_small_data():
     assert default_val_size(50) == 100 and default_val_size(1000) == 1000
-    split = make_split(150, 20, 100, 10_000, seed=0)  # fewer than 10,000 left: the test set is the rest
-    assert len(split.test) == 30
+    with pytest.raises(ValueError, match="cannot hold test=10000 "):
+        make_split(150, 20, 100, 10_000, seed=0)  # the test set never shrinks to what is left
     with pytest.raises(ValueError, match="cannot hold"):
         make_split(120, 20, 100, 10, seed=0)
+
+
+def test_default_test_size_is_the_formats_or_what_is_left():
+    assert default_test_size(50_000, 100, 100, 10_000) == 10_000 and default_test_size(1500, 100, 100, 10_000) == 1300
+
+
+def test_no_training_set_overlaps_the_test_set_of_another_training_size():
+    """On a small source (1,500 aspirin frames, test 300) the test set stays fixed as N_train grows."""
+    splits = {n: make_split(1500, n, 200, 300, seed=0) for n in (100, 1000)}
+    np.testing.assert_array_equal(splits[100].test, splits[1000].test)
+    for train in (splits[100].train, splits[1000].train):
+        assert not set(train) & set(splits[100].test)
 
 
 def lmdb_energies(path):

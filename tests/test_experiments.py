@@ -286,18 +286,18 @@ def test_prepared_data_are_reused_checked_and_never_overwritten(tmp_path):
     assert (split / "metadata.json").stat().st_mtime_ns == written, "prepared data must never be overwritten"
 
 
-def test_test_size_must_be_the_requested_one_unless_the_source_is_too_small(tmp_path):
+def test_test_size_must_be_the_requested_one_or_the_sources_default(tmp_path):
     content = grid_content(tmp_path)
     content["datasets"]["ethanol"] |= {"test_size": 16}
-    run = next(run for run in parse_grid(content).runs if run.train_size == 32)  # 60 frames: 20 left for test
+    run = next(run for run in parse_grid(content).runs if run.train_size == 32)
     smaller = tmp_path / "smaller"
     prepare_dataset(read_rmd17(ETHANOL), smaller, 32, 8, 12, run.split_seed, ETHANOL, "rmd17")
     assert runner.split_mismatches(smaller, run) == ["split_sizes.test is 12, the run asks for 16"]
-    content["datasets"]["ethanol"] |= {"test_size": 100}
+    content["datasets"]["ethanol"].pop("test_size")
     run = next(run for run in parse_grid(content).runs if run.train_size == 32)
-    everything_left = tmp_path / "everything_left"
-    prepare_dataset(read_rmd17(ETHANOL), everything_left, 32, 8, 100, run.split_seed, ETHANOL, "rmd17")
-    assert runner.split_mismatches(everything_left, run) == []
+    default = tmp_path / "default"
+    prepare_dataset(read_rmd17(ETHANOL), default, 32, 8, None, run.split_seed, ETHANOL, "rmd17")
+    assert runner.split_mismatches(default, run) == []  # 60 frames: the default test set is the 20 left
 
 
 def test_a_partly_written_split_is_rebuilt_with_a_record_of_its_request(tmp_path):
@@ -605,10 +605,10 @@ def test_calculator_matches_evaluate_on_a_trained_checkpoint(tmp_path):
     atoms.calc = calculator
     assert atoms.get_potential_energy() == pytest.approx(energies[0] / EV_TO_KCAL_PER_MOL, rel=1e-5)
     np.testing.assert_allclose(atoms.get_forces(), forces[0] / EV_TO_KCAL_PER_MOL, rtol=1e-4, atol=1e-6)
-    atoms.calc = PIWSLCalculator(checkpoint, energy_unit="eV")
-    assert atoms.get_potential_energy() == pytest.approx(energies[0], rel=1e-5), "eV data: no conversion"
+    with pytest.raises(ValueError, match="energy_unit 'eV' contradicts"):
+        PIWSLCalculator(checkpoint, energy_unit="eV")  # the checkpoint records kcal/mol
     with pytest.raises(ValueError, match="energy_unit"):
-        PIWSLCalculator(checkpoint, energy_unit="hartree")
+        PIWSLCalculator(checkpoint, energy_unit="rydberg")
     atoms.calc = calculator
     VelocityVerlet(atoms, timestep=0.1).run(2)
     trajectory = run_md(structures[0], calculator, "nve", temperature=300, timestep=0.5, steps=10, record_every=1)

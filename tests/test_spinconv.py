@@ -20,7 +20,7 @@ from fairchem.core.common.utils import load_config
 from torch_geometric.data import Batch
 from trainer_helpers import ETHANOL, make_trainer, prepare_ethanol, tiny_config
 
-import piwsl  # noqa: F401  (registers the models)
+import piwsl.models  # noqa: F401  (registers the models)
 from piwsl.data.formats import read_rmd17
 from piwsl.data.structures import Structure
 from piwsl.models.spinconv import SpinConv, SpinConvolution

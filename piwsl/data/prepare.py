@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -23,10 +24,11 @@ import numpy as np
 from ase.data import chemical_symbols
 from tqdm import tqdm
 
+from piwsl.data.formats import FORMATS
 from piwsl.data.lmdb_writer import DIRECTORY_MODE, LmdbWriter, replace_directory
 from piwsl.data.references import SelfEnergies, fit_self_energies
 from piwsl.data.source import RecordSource, StructureListSource
-from piwsl.data.splits import make_split
+from piwsl.data.splits import default_test_size, make_split
 from piwsl.data.structures import Structure
 from piwsl.data.units import ENERGY_UNIT, FORCE_UNIT, POSITION_UNIT
 from piwsl.data.validation import DataFormatError, check_energy_unit, check_structure
@@ -95,7 +97,7 @@ def prepare_dataset(
     out_dir: Path,
     train_size: int,
     val_size: int,
-    test_size: int,
+    test_size: int | None,
     seed: int,
     source: Path | None = None,
     data_format: str | None = None,
@@ -108,7 +110,8 @@ def prepare_dataset(
     Args:
         records: a format reader, or structures in memory (then ``source`` and ``data_format`` name them).
         out_dir: the dataset directory, replaced atomically when complete.
-        train_size, val_size, test_size, seed: the split (``splits.make_split``).
+        train_size, val_size, test_size, seed: the split (``splits.make_split``); ``test_size`` ``None``
+            is the format's default, or what train and validation leave (``splits.default_test_size``).
         train_without_forces: drop the training split's force labels (energy-only training, Sec. 5.4);
             validation and test keep theirs so that force errors can still be measured.
         self_energies: ``"fit"`` (least squares on the training split), ``"none"``, or given values.
@@ -121,6 +124,15 @@ def prepare_dataset(
         records = StructureListSource(records, Path(source), data_format)
     out_dir = Path(out_dir)
     num_records = records.count()
+    if test_size is None:
+        format_default = FORMATS[records.data_format].default_test_size
+        test_size = default_test_size(num_records, train_size, val_size, format_default)
+        if test_size < format_default:
+            logging.warning(
+                f"{records.path}: {num_records} records leave {test_size} for the test set (default "
+                f"{format_default}); that test set changes with the training size: pass a test size "
+                "that fits the largest training size to keep it fixed"
+            )
     split = make_split(num_records, train_size, val_size, test_size, seed)
     assignment = np.zeros(num_records, dtype=np.int8)
     for code, indices in enumerate((split.train, split.val, split.test), start=1):

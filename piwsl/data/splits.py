@@ -24,20 +24,34 @@ def default_val_size(train_size: int) -> int:
     return max(train_size, 100)
 
 
+def default_test_size(num_records: int, train_size: int, val_size: int, format_default: int) -> int:
+    """The test size when none is given: the format's default, or what train and validation leave.
+
+    Only the first keeps the test set the same for every training size; the second (a source too
+    small for the default) does not, which ``prepare_dataset`` warns about. Give a test size to
+    fix the test set on a small source.
+    """
+    return max(0, min(format_default, num_records - train_size - val_size))
+
+
 def make_split(num_records: int, train_size: int, val_size: int, test_size: int, seed: int) -> Split:
     """Shuffle ``range(num_records)`` with ``seed``; test first, then train, then validation.
 
-    Taking the test set from the front of the permutation keeps it the same for every training
-    size with the same seed, and training sets of increasing size are nested. When fewer records
-    remain than ``test_size``, the test set is everything left after train and validation.
-    Each split's indices are returned sorted (the order records are streamed and written in).
+    The test set is drawn first and independently of the training size: the first ``test_size``
+    records of the permutation, the same for every training size with the same seed, so that no
+    training set of any size overlaps another size's test set; training sets of increasing size
+    are nested. A source too small for all three splits is an error (lower ``test_size``): the test
+    set never shrinks to "what is left". Each split's indices are returned sorted (the order
+    records are streamed and written in).
     """
     if train_size < 1 or val_size < 0 or test_size < 0:
         raise ValueError(f"split sizes must be positive: train={train_size}, val={val_size}, test={test_size}")
-    available_for_test = num_records - train_size - val_size
-    if available_for_test < 1:
-        raise ValueError(f"{num_records} records cannot hold train={train_size} + val={val_size} and a test set")
-    test_size = min(test_size, available_for_test)
+    if test_size + train_size + val_size > num_records:
+        raise ValueError(
+            f"{num_records} records cannot hold test={test_size} + train={train_size} + val={val_size}; "
+            f"lower the test size to at most {num_records - train_size - val_size} for this training size, "
+            "and use the same test size for every training size"
+        )
     order = np.random.default_rng(seed).permutation(num_records)
     test = np.sort(order[:test_size])
     rest = order[test_size:]

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from piwsl.data.formats import FORMATS
 from piwsl.data.prepare import file_checksum
-from piwsl.data.splits import default_val_size
+from piwsl.data.splits import default_test_size, default_val_size
 from piwsl.experiments.grid import ROOT, Grid, RunSpec, merge, resolve
 
 TRAIN_SCRIPT = ROOT / "main.py"
@@ -166,7 +166,7 @@ def split_request(run: RunSpec) -> dict[str, Any]:
         "seed": run.split_seed,
         "train_size": run.train_size,
         "val_size": default_val_size(run.train_size) if dataset.val_size is None else dataset.val_size,
-        "test_size": FORMATS[dataset.format].default_test_size if dataset.test_size is None else dataset.test_size,
+        "test_size": dataset.test_size,
         "energy_only": run.method.energy_only,
         "prepare_args": list(dataset.prepare_args),
     }
@@ -192,8 +192,8 @@ def split_mismatches(directory: Path, run: RunSpec) -> list[str]:
 
     Compared with its ``metadata.json``: format, source path and SHA-256, split seed, train and
     validation sizes, force labels of the training split, and the test size, which must equal the
-    requested one unless the source is too small: then it is everything left after train and
-    validation (``splits.make_split``). The extra ``prepare_args`` are compared with the
+    requested one, or the format's default for the source when none is requested
+    (``splits.default_test_size``). The extra ``prepare_args`` are compared with the
     ``split_request.json`` the runner writes beside it; a split prepared before that record
     existed counts as prepared without extra arguments.
     """
@@ -202,7 +202,14 @@ def split_mismatches(directory: Path, run: RunSpec) -> list[str]:
     recorded = json.loads(request_file.read_text()) if request_file.is_file() else {"prepare_args": []}
     request = split_request(run)
     sizes = metadata.get("split_sizes", {})
-    left_for_test = metadata.get("num_records", 0) - request["train_size"] - request["val_size"]
+    test_size = request["test_size"]
+    if test_size is None:
+        test_size = default_test_size(
+            metadata.get("num_records", 0),
+            request["train_size"],
+            request["val_size"],
+            FORMATS[run.dataset.format].default_test_size,
+        )
     checksum = source_checksum(Path(request["source"]))
     pairs = {
         "format": (metadata.get("format"), request["format"]),
@@ -211,7 +218,7 @@ def split_mismatches(directory: Path, run: RunSpec) -> list[str]:
         "seed": (metadata.get("seed"), request["seed"]),
         "split_sizes.train": (sizes.get("train"), request["train_size"]),
         "split_sizes.val": (sizes.get("val"), request["val_size"]),
-        "split_sizes.test": (sizes.get("test"), min(request["test_size"], left_for_test)),
+        "split_sizes.test": (sizes.get("test"), test_size),
         "train_has_forces (energy_only)": (
             metadata.get("train_has_forces"),
             bool(metadata.get("has_forces")) and not request["energy_only"],

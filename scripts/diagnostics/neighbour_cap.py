@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """How often PIWSL's displacements change a model's truncated neighbour lists (fairchem's ``max_neighbors``).
 
 fairchem keeps at most ``max_neighbors`` neighbours per atom within the cutoff. In dense periodic
