@@ -9,6 +9,10 @@ Splits: seeded shuffle; the test set is drawn first (10,000 for ani1x/rmd17, 1,0
 all that is left), so it is the same for every --train-size with the same --seed; then train,
 then validation (--train-size, at least 100, by default).
 
+--out must be absent, an empty directory, or (with --overwrite) a dataset this script wrote;
+anything else there is refused, never deleted. Staging directories (.NAME.*.partial beside --out)
+of conversions that were killed are removed by the next run.
+
 ani1x is streamed (two passes; memory does not grow with the file beyond 4 bytes per conformer).
 Its conformers whose chosen labels are NaN (labels the release lacks, e.g. CCSD(T) energies) are
 skipped and counted in metadata.json; Inf is an error. Every record written is checked (shapes,
@@ -84,6 +88,12 @@ def get_parser() -> argparse.ArgumentParser:
         help="write the training split without force labels (energy-only training); val/test keep forces",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dataset at --out that this script wrote (recognized by its metadata.json); "
+        "anything else at --out is never deleted",
+    )
+    parser.add_argument(
         "--skip-unit-check",
         action="store_true",
         help="do not reject energies whose magnitude exceeds any total energy of their atoms in the source unit "
@@ -116,6 +126,7 @@ def run(args: argparse.Namespace) -> dict:
         train_without_forces=args.energy_only,
         self_energies=self_energies,
         check_units=not args.skip_unit_check,
+        overwrite=args.overwrite,
     )
     skipped = {reason: n for reason, n in metadata["skipped_records"].items() if n}
     note = f", skipped {json.dumps(skipped)}" if skipped else ""

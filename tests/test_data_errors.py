@@ -194,7 +194,7 @@ def test_failure_leaves_no_dataset_and_keeps_the_previous_one(tmp_path):
     good = prepare_dataset(read_rmd17(ETHANOL_NPZ), out, 4, 4, 8, 0, ETHANOL_NPZ, "rmd17")
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(DataFormatError):
-        small_split("rmd17", bad, out)
+        small_split("rmd17", bad, out, "--overwrite")
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before and json.loads((out / "metadata.json").read_text()) == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.npz", "ethanol"]
