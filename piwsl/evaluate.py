@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import piwsl  # noqa: F401  (registers the "piwsl" trainer)
+from piwsl.checkpointing import read_checkpoint
+from piwsl.dataset_checks import DatasetError, check_readable
 
 
 @dataclass
@@ -32,9 +34,7 @@ class Errors:
 def load_trainer(checkpoint_path: Path, cpu: bool = True):
     """A trainer in inference mode holding the checkpoint's model, normalizers and element references."""
     checkpoint_path = Path(checkpoint_path)
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(str(checkpoint_path))  # CheckpointError if missing, damaged or no checkpoint
     config = checkpoint["config"]
     trainer_name = config.get("trainer", "piwsl")
     trainer_name = "piwsl" if trainer_name in ("ocp", "forces") else trainer_name
@@ -63,6 +63,8 @@ def load_trainer(checkpoint_path: Path, cpu: bool = True):
 
 def evaluate(trainer, data_path: Path, batch_size: int = 32, progress: bool = True) -> Errors:
     """Predict every structure of the LMDB at ``data_path`` and compare with its labels."""
+    if check_readable(Path(data_path)) == 0:  # DatasetError for a missing, damaged or empty split
+        raise DatasetError(f"{data_path}: the split holds no structures; nothing to evaluate")
     dataset = LmdbDataset({"src": str(data_path)})
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=partial(data_list_collater, otf_graph=True)

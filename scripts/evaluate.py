@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from piwsl.checkpointing import CheckpointError
+from piwsl.dataset_checks import DatasetError
 from piwsl.evaluate import evaluate_checkpoint
 
 
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(args)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, CheckpointError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -33,6 +33,8 @@ import json
 import sys
 from pathlib import Path
 
+import lmdb
+
 from piwsl.data.formats import FORMATS, open_source
 from piwsl.data.prepare import prepare_dataset
 from piwsl.data.references import SelfEnergies, load_self_energies
@@ -141,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFormatError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the output disk is full, read-only, or not ours
+        print(f"error: cannot write {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    except lmdb.Error as error:
+        print(f"error: cannot write the LMDBs of {args.out}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

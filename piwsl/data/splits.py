@@ -32,8 +32,9 @@ def make_split(num_records: int, train_size: int, val_size: int, test_size: int,
     remain than ``test_size``, the test set is everything left after train and validation.
     Each split's indices are returned sorted (the order records are streamed and written in).
     """
-    if train_size < 1 or val_size < 0 or test_size < 0:
-        raise ValueError(f"split sizes must be positive: train={train_size}, val={val_size}, test={test_size}")
+    for name, size in (("train", train_size), ("val", val_size), ("test", test_size)):
+        if size < 1:
+            raise ValueError(f"--{name}-size {size}: split sizes must be positive (every split is needed)")
     available_for_test = num_records - train_size - val_size
     if available_for_test < 1:
         raise ValueError(f"{num_records} records cannot hold train={train_size} + val={val_size} and a test set")
