@@ -130,6 +130,8 @@ def run(args: argparse.Namespace) -> dict:
         check_units=not args.skip_unit_check,
         overwrite=args.overwrite,
     )
+    for warning in metadata["unit_warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     skipped = {reason: n for reason, n in metadata["skipped_records"].items() if n}
     note = f", skipped {json.dumps(skipped)}" if skipped else ""
     print(f"wrote {args.out}: {json.dumps(metadata['split_sizes'])} of {metadata['num_records']} records{note}")

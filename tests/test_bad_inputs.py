@@ -684,3 +684,43 @@ def test_every_shipped_config_passes_the_key_checks():
         check_config(config)
         if "model" in config and "name" in config["model"]:
             check_model_name(config)
+
+
+# ------------------------------------------------------------------------------ units
+def test_hartree_energies_in_an_rmd17_file_are_an_error(scratch, capsys):
+    from piwsl.data.units import HARTREE_TO_KCAL_PER_MOL
+
+    arrays = dict(np.load(scratch.source))
+    arrays["energies"] = arrays["energies"] / HARTREE_TO_KCAL_PER_MOL
+    np.savez(scratch.root / "sources/hartree.npz", **arrays)
+    arguments = ["rmd17", "--src", scratch.root / "sources/hartree.npz", "--out", scratch.root / "h"]
+    assert PREPARE.main([str(a) for a in arguments + ["--train-size", "20", "--val-size", "10"]]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "hartree.npz: energies vary by" in message and "larger unit than kcal/mol" in message
+    assert "Hartree: 627.5x" in message and len(message.splitlines()) == 1
+
+
+def test_kcal_per_mol_read_as_ev_is_a_warning_with_the_numbers(tmp_path, capsys):
+    from ase.io import read, write
+
+    from piwsl.data.units import EV_TO_KCAL_PER_MOL
+
+    frames = read(ROOT / "tests/data/ethanol_gfn2xtb.extxyz", index=":")
+    for atoms in frames:  # the same labels written in kcal/mol, as a user's file might hold them
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = None
+        atoms.info["energy"] = energy * EV_TO_KCAL_PER_MOL
+        atoms.arrays["forces"] = forces * EV_TO_KCAL_PER_MOL
+    write(tmp_path / "kcal.extxyz", frames)
+    arguments = ["ase", "--src", tmp_path / "kcal.extxyz", "--out", tmp_path / "out", "--train-size", "4"]
+    assert PREPARE.main([str(a) for a in arguments + ["--val-size", "2", "--self-energies", "none"]]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "implausibly large" in err and "kcal/mol/Å read as eV/Å, the RMS is" in err
+
+
+def test_bundled_data_raise_no_unit_warnings(tmp_path):
+    from piwsl.data.formats import Rmd17Source
+    from piwsl.data.prepare import prepare_dataset
+
+    metadata = prepare_dataset(Rmd17Source(ETHANOL), tmp_path / "e", 20, 10, 20, 0)
+    assert metadata["unit_warnings"] == []

@@ -34,7 +34,7 @@ from piwsl.data.source import RecordSource, StructureListSource
 from piwsl.data.splits import make_split
 from piwsl.data.structures import Structure
 from piwsl.data.units import ENERGY_UNIT, FORCE_UNIT, POSITION_UNIT
-from piwsl.data.validation import DataFormatError, check_energy_unit, check_structure
+from piwsl.data.validation import DataFormatError, check_energy_unit, check_label_magnitudes, check_structure
 
 SPLITS = ("train", "val", "test")
 #: Record indices (in the source's order of usable records) of each split, one JSON object.
@@ -181,6 +181,11 @@ def prepare_dataset(
         statistics, elements, has_forces = _write_splits(
             records, assignment, staging, self_energies, train_without_forces, check_units
         )
+        unit_warnings = (
+            check_label_magnitudes(statistics, records.energy_unit, self_energies.method != "none", str(records.path))
+            if check_units
+            else []
+        )
         metadata = {
             "format": records.data_format,
             "source": str(records.path.resolve()),
@@ -202,6 +207,7 @@ def prepare_dataset(
             "train_has_forces": has_forces and not train_without_forces,
             "elements": [chemical_symbols[z] for z in sorted(elements)],
             "unit_check": check_units,
+            "unit_warnings": unit_warnings,
             "piwsl_version": version("piwsl"),
         }
         indices = {name: getattr(split, name).tolist() for name in SPLITS}
