@@ -3,8 +3,11 @@
 Every flag of fairchem's CLI works (``--mode``, ``--config-yml``/``--config``, ``--cpu``,
 ``--num-gpus``, ``--submit`` and the ``--slurm-*`` flags, ``--run-dir``, ``--identifier``,
 ``--seed``, dotted overrides such as ``--optim.max_epochs=1``). Before anything starts, the
-config's top-level ``piwsl`` section is checked (unknown keys and bad values are errors) and moved
-to ``optim.piwsl`` where the trainer reads it, and missing datasets are reported in one line.
+config's keys are checked (``piwsl.config_checks``: unknown keys and bad values are errors naming
+the closest valid key), its top-level ``piwsl`` section is checked and moved to ``optim.piwsl``
+where the trainer reads it, and the datasets are checked (present, readable, finite labels,
+disjoint splits). Training holds the run's lock (``piwsl.run_lock``). Every error caused by the
+user's input is one line on stderr: exit code 2 for bad input, 1 for a run that failed.
 """
 
 from __future__ import annotations
