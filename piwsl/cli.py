@@ -36,7 +36,7 @@ from submitit.helpers import DelayedSubmission
 import piwsl  # noqa: F401  (registers the "piwsl" trainer)
 from piwsl.checkpointing import CheckpointError, OutputError
 from piwsl.config import PIWSLConfig, PIWSLConfigError
-from piwsl.config_checks import ConfigKeyError, check_config, check_overrides, closest
+from piwsl.config_checks import ConfigKeyError, check_config, check_model_keys, check_overrides, closest
 from piwsl.cpu_memory import tune_malloc_for_tensors
 from piwsl.dataset_checks import DatasetError, check_readable, check_splits, check_units
 from piwsl.run_lock import RunLockedError, locked_run
@@ -171,19 +171,20 @@ def prepare_config(config: dict) -> dict:
 
 
 def check_model_name(config: dict) -> None:
-    """An unknown ``model.name`` is an error listing the registered backbones."""
+    """An unknown ``model.name`` is an error listing the registered backbones, an unknown ``model`` key too."""
     model = config.get("model")
     name = model.get("name") if isinstance(model, dict) else None
     if name is None:
         raise ConfigError("the config has no model.name (e.g. painn); see configs/")
     setup_imports(config)
     try:
-        registry.get_model_class(name)
+        backbone = registry.get_model_class(name)
     except RuntimeError:
         known = sorted(registry.mapping["model_name_mapping"])
         raise ConfigError(
             f"unknown model.name '{name}'{closest(name, known)}; registered: {', '.join(known)}"
         ) from None
+    check_model_keys(model, backbone)
 
 
 def run_id(config: dict) -> str:

@@ -4,7 +4,9 @@ fairchem silently drops top-level keys it does not know and ignores unknown ``op
 misspelled section (``piswl:``, ``optimm:``) or override (``--optim.max_stepz=5``) trains with
 defaults without a word. Here every top-level key must be one fairchem or piwsl reads, every
 ``optim`` key one that fairchem's trainer, its learning-rate schedulers or piwsl read, and the
-numbers that size a run must be positive. Errors are ``ConfigKeyError`` naming key and value.
+numbers that size a run must be positive; ``model`` keys must be arguments of the backbone's
+constructor (which would otherwise fail with a traceback). Errors are ``ConfigKeyError`` naming
+key and value.
 """
 
 from __future__ import annotations
@@ -96,3 +98,28 @@ def check_config(config: dict[str, Any]) -> None:
         if not number or value <= 0 or (kind is int and value != int(value)):
             allowed = "a positive integer" if kind is int else "a positive number"
             raise ConfigKeyError(f"optim.{key} = {value!r}; allowed: {allowed}")
+
+
+def constructor_keys(cls: type) -> frozenset[str] | None:
+    """Keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the bases; ``None``: any."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return frozenset(names - {"self"})
+    return None
+
+
+def check_model_keys(model: dict[str, Any], cls: type) -> None:
+    """Every ``model`` key but ``name`` must be an argument of the backbone class ``cls``."""
+    allowed = constructor_keys(cls)
+    if allowed is None:
+        return
+    unknown = sorted(set(model) - allowed - {"name"})
+    if unknown:
+        key = unknown[0]
+        raise ConfigKeyError(f"unknown key 'model.{key}' for backbone '{model.get('name')}'{closest(key, allowed)}")

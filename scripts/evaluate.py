@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, CheckpointError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # --json on a full or read-only disk
+        print(f"error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 

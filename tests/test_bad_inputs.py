@@ -326,6 +326,13 @@ CASES = [
     ),
     # ---- main.py: tracebacks that became one line
     Case(
+        "main: unknown model key in an override",
+        "main",
+        lambda s: train(s, None, "--model.hidden_channel=16"),
+        2,
+        ("model.hidden_channel", "'hidden_channels'"),
+    ),
+    Case(
         "main: YAML syntax error",
         "main",
         lambda s: ["--mode", "train", "--config", s.write("bad.yml", "model: [painn\n")],
@@ -724,3 +731,20 @@ def test_bundled_data_raise_no_unit_warnings(tmp_path):
 
     metadata = prepare_dataset(Rmd17Source(ETHANOL), tmp_path / "e", 20, 10, 20, 0)
     assert metadata["unit_warnings"] == []
+
+
+def test_the_experiment_runner_never_replaces_a_foreign_directory(tmp_path):
+    from test_experiments import grid_content, paths_in
+
+    from piwsl.data.lmdb_writer import OutputExistsError
+    from piwsl.experiments import runner
+    from piwsl.experiments.grid import parse_grid
+
+    paths = paths_in(tmp_path)
+    run = parse_grid(grid_content(tmp_path)).runs[0]
+    split = paths.data(run)
+    split.mkdir(parents=True)
+    (split / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputExistsError, match="thesis.tex"):
+        runner.prepare_split(run, paths)
+    assert (split / "thesis.tex").read_text() == "years of work"
