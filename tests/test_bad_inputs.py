@@ -547,12 +547,16 @@ def test_lmdb_writer_never_replaces_a_foreign_directory(tmp_path):
 
 
 def test_non_finite_labels_are_rejected_naming_the_record(scratch, capsys):
+    from piwsl.data.splits import make_split
+
+    split = make_split(60, 4, 4, 8, 0)
+    assert 59 not in {*split.train, *split.val, *split.test}  # a record that no split takes is checked too
     arrays = dict(np.load(scratch.source))
-    arrays["forces"][7, 2, 1] = np.nan
+    arrays["forces"][59, 2, 1] = np.nan
     np.savez(scratch.root / "sources/nan.npz", **arrays)
-    arguments = prepare(scratch, "--test-size", "100", src=scratch.root / "sources/nan.npz")  # every record
+    arguments = prepare(scratch, src=scratch.root / "sources/nan.npz")
     code = PREPARE.main([str(a) for a in arguments])
-    assert code == 2 and "nan.npz[7]: forces contains NaN" in capsys.readouterr().err
+    assert code == 2 and "nan.npz[59]: forces contains NaN" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ main.py: faults during a run
