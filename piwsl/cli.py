@@ -319,14 +319,14 @@ def run_locally(args: argparse.Namespace, config: dict) -> None:
 
 #: Errors of the user's input or settings: one line, exit code 2.
 INPUT_ERRORS = (ConfigError, PIWSLConfigError, ConfigKeyError, CheckpointError, DatasetError, RunLockedError)
-#: ``errno`` values of output that cannot be written, with what they mean.
-WRITE_ERRORS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-    errno.ENOTDIR: "a part of the path is a file, not a directory",
+#: ``errno`` values of paths that cannot be written or reached: (what failed, what it means).
+PATH_ERRORS = {
+    errno.ENOSPC: ("cannot write", "no space left on the device"),
+    errno.EDQUOT: ("cannot write", "disk quota exceeded"),
+    errno.EROFS: ("cannot write", "read-only file system"),
+    errno.EACCES: ("cannot access", "permission denied"),
+    errno.EPERM: ("cannot access", "permission denied"),
+    errno.ENOTDIR: ("cannot access", "a part of the path is a file, not a directory"),
 }
 
 
@@ -345,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:
-        if error.errno not in WRITE_ERRORS:
+        if error.errno not in PATH_ERRORS:
             raise
-        print(f"error: cannot write {error.filename}: {WRITE_ERRORS[error.errno]}", file=sys.stderr)
+        failed, meaning = PATH_ERRORS[error.errno]
+        print(f"error: {failed} {error.filename}: {meaning}", file=sys.stderr)
         return 1
     return 0

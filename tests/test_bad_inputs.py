@@ -446,7 +446,7 @@ CASES.append(
         "main",
         lambda s: ["--mode", "train", "--config", s.config(), "--cpu", "--run-dir", s.root / "notes.txt/runs"],
         1,
-        ("cannot write", "notes.txt", "not a directory"),
+        ("cannot access", "notes.txt", "not a directory"),
         lambda s: s.write("notes.txt", "mine"),
     )
 )
