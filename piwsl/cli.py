@@ -19,6 +19,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -67,6 +68,12 @@ _RUN_KEYS = (
 
 class ConfigError(ValueError):
     """A config that cannot run; the message says what to change."""
+
+
+#: Errors of the user's input or settings: one line, exit code 2.
+INPUT_ERRORS = (ConfigError, PIWSLConfigError, ConfigKeyError, CheckpointError, DatasetError, RunLockedError)
+#: Runs that failed on the way (diverged, output not writable): one line, exit code 1.
+RUN_ERRORS = (TrainingDiverged, OutputError)
 
 
 class PIWSLRunner(Runner):
@@ -302,23 +309,54 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
         run_locally(args, config)
 
 
+class RanksFailed(Exception):
+    """A DDP rank stopped with an error that rank 0 already printed in one line."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"a rank exited with code {exit_code}")
+        self.exit_code = exit_code
+
+
+def run_rank(config: dict) -> None:
+    """Entry point of each DDP rank: an expected error is one line (from rank 0) and the rank's exit code."""
+    try:
+        run_config(config)
+    except INPUT_ERRORS + RUN_ERRORS as error:
+        if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now
+            print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(error, INPUT_ERRORS) else 1) from None
+
+
 def run_locally(args: argparse.Namespace, config: dict) -> None:
     """Run ``config`` here: one process, or ``--num-gpus`` ranks through torch's elastic launcher."""
     if args.num_gpus > 1:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
         from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
         config.setdefault("optim", {})["num_workers"] = 0
         launch = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=args.num_gpus, rdzv_backend="c10d", max_restarts=0
         )
-        elastic_launch(launch, run_config)(config)
+        # The launcher's own failure reports would follow rank 0's one-line error: silence them.
+        loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing.spawn")]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            elastic_launch(launch, run_rank)(config)
+        except ChildFailedError as failure:
+            _, first = failure.get_first_failure()
+            if first.exitcode not in (1, 2):
+                raise
+            raise RanksFailed(first.exitcode) from None
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
     else:
         distutils.setup_env_local()
         run_config(config)
 
 
-#: Errors of the user's input or settings: one line, exit code 2.
-INPUT_ERRORS = (ConfigError, PIWSLConfigError, ConfigKeyError, CheckpointError, DatasetError, RunLockedError)
 #: ``errno`` values of paths that cannot be written or reached: (what failed, what it means).
 PATH_ERRORS = {
     errno.ENOSPC: ("cannot write", "no space left on the device"),
@@ -341,9 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (TrainingDiverged, OutputError) as error:
+    except RUN_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except RanksFailed as failure:
+        return failure.exit_code
     except OSError as error:
         if error.errno not in PATH_ERRORS:
             raise

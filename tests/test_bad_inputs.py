@@ -752,3 +752,19 @@ def test_the_experiment_runner_never_replaces_a_foreign_directory(tmp_path):
     with pytest.raises(OutputExistsError, match="thesis.tex"):
         runner.prepare_split(run, paths)
     assert (split / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.parametrize("rank, printed", [("0", True), ("1", False)])
+def test_an_error_in_a_ddp_rank_is_one_line_from_rank_0_and_its_exit_code(monkeypatch, capsys, rank, printed):
+    import piwsl.cli
+    from piwsl.checkpointing import CheckpointError
+
+    def failing(config):
+        raise CheckpointError("checkpoint x.pt is unreadable")
+
+    monkeypatch.setattr(piwsl.cli, "run_config", failing)
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as stop:
+        piwsl.cli.run_rank({})
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("error: checkpoint x.pt is unreadable\n" if printed else "")
