@@ -80,11 +80,16 @@ def read_checkpoint(path: str) -> dict[str, Any]:
 
 
 def run_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """What a trainer config computes: its sections and seed, as JSON values, without execution-only keys."""
+    """What a trainer config computes: its sections and seed, as JSON values, without execution-only keys.
+
+    ``optim.max_epochs`` is left out when ``optim.max_steps`` is set: the trainer derives it from the
+    steps and the batches per epoch, which depend on the number of DDP ranks.
+    """
     settings = {key: copy.deepcopy(config.get(key)) for key in SETTINGS_SECTIONS}
     settings["seed"] = config.get("cmd", {}).get("seed")
-    for key in EXECUTION_KEYS:
-        (settings.get("optim") or {}).pop(key, None)
+    optim = settings.get("optim") or {}
+    for key in EXECUTION_KEYS + (("max_epochs",) if optim.get("max_steps") is not None else ()):
+        optim.pop(key, None)
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 

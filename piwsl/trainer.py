@@ -88,9 +88,9 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
         self._check_outputs()
         self._tie_force_normalizer()
         self._check_labels()
-        self._setup_checkpoints()  # records the run's settings: before max_steps becomes epochs for this world size
         self._apply_max_steps()
         self._build_samplers()
+        self._setup_checkpoints()
         self._setup_step_guard(self.piwsl_config.max_nonfinite_steps)
         common = {
             "loss": self.piwsl_config.pointwise_loss,
