@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 Method = Literal["piwsl", "baseline", "noisynode", "weak_label"]
 Direction = Literal["random", "adversarial"]
 ForwardMode = Literal["auto", "batched", "sequential"]
+ConsistencyForm = Literal["taylor", "trapezoid"]
 
 #: Equilibrium C-H bond length (Å); a displacement beyond 30% of it leaves the Taylor regime (Sec. 4.4).
 CH_BOND_LENGTH = 1.09
@@ -24,6 +25,10 @@ PRESETS: dict[str, tuple[float, float, float]] = {
     "F": (1.2, 0.01, 0.03),
     "G": (0.01, 0.001, 0.05),
 }
+
+
+#: The form of the consistency terms when neither a preset nor the weak-label method implies one.
+DEFAULT_CONSISTENCY_FORM = "taylor"
 
 
 class PIWSLConfigError(ValueError):
@@ -46,8 +51,14 @@ class PIWSLConfig:
         direction: ``random`` or ``adversarial`` (Eq. 10) displacement directions.
         displacement_form: ``gaussian`` (App. B) or ``normalized`` (Eq. 6); see ``piwsl.displacements``.
         atom_fraction: probability that an atom is displaced (App. I), in (0, 1].
-        pointwise_loss: ``mse`` (default), ``mae`` or ``relu`` (Eq. 17).
+        pointwise_loss: ``mse`` (default), ``mae`` or ``relu`` (Eq. 17). The ReLU margin
+            ``|E(S + dr)| ||dr||^2`` takes the energy relative to the energy normalizer's mean (and
+            element references): with total energies it would switch the term off everywhere.
         pisc_variant: ``eq4`` (default), ``eq15`` or ``eq16`` (App. E).
+        consistency_form: how PITC and PISC estimate the energy at the end of a step ``d``:
+            ``taylor`` (the paper's ``E(A) - sum <d, F(A)>``, error O(|d|^2)) or ``trapezoid``
+            (``E(A) - 1/2 sum <d, F(A) + F(A + d)>``, error O(|d|^3)); see ``piwsl.losses``. A
+            ``preset`` and method ``weak_label`` imply ``taylor`` unless it is given.
         detach_target: stop the gradient through the Taylor side of each term (ablation).
         warmup_steps: optimizer steps of supervised-only training before the extra terms start.
         forward_mode: ``batched`` (S, S+dr, S+dr' through the model as one batch), ``sequential``
@@ -75,6 +86,7 @@ class PIWSLConfig:
     atom_fraction: float = 1.0
     pointwise_loss: Literal["mse", "mae", "relu"] = "mse"
     pisc_variant: Literal["eq4", "eq15", "eq16"] = "eq4"
+    consistency_form: ConsistencyForm = DEFAULT_CONSISTENCY_FORM
     detach_target: bool = False
     warmup_steps: int = 0
     forward_mode: ForwardMode = "auto"
@@ -103,6 +115,9 @@ class PIWSLConfig:
             section.setdefault("c_pitc", c_pitc)
             section.setdefault("c_pisc", c_pisc)
             section.setdefault("max_displacement", max_displacement)
+            section.setdefault("consistency_form", "taylor")  # the paper's cases are Taylor-form results
+        if section.get("method") == "weak_label":
+            section.setdefault("consistency_form", "taylor")
         config = cls(**section)
         config.validate(where)
         return config
@@ -144,6 +159,12 @@ class PIWSLConfig:
             raise PIWSLConfigError(f"{where}.seed = {self.seed!r}; allowed: an integer or null")
         if not isinstance(self.detach_target, bool):
             raise PIWSLConfigError(f"{where}.detach_target = {self.detach_target!r}; allowed: true or false")
+        if self.method == "weak_label" and self.consistency_form != "taylor":
+            raise PIWSLConfigError(
+                f"{where}.consistency_form = {self.consistency_form!r} with method 'weak_label': the weak label is "
+                "built from reference labels at S only, so it exists in the 'taylor' form only (the trapezoid "
+                "form needs reference forces at S + dr, which no data set has)"
+            )
         if self.method == "piwsl" and self.c_pitc == 0 and self.c_pisc == 0:
             raise PIWSLConfigError(
                 f"{where}: method 'piwsl' with c_pitc = c_pisc = 0 adds nothing; use method 'baseline'"
@@ -160,5 +181,6 @@ _LITERAL_CHOICES: dict[str, tuple[str, ...]] = {
     "displacement_form": ("gaussian", "normalized"),
     "pointwise_loss": ("mse", "mae", "relu"),
     "pisc_variant": ("eq4", "eq15", "eq16"),
+    "consistency_form": get_args(ConsistencyForm),
     "forward_mode": get_args(ForwardMode),
 }

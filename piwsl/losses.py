@@ -8,6 +8,20 @@ the first-order Taylor term ``sum_i <dr_i, F_i>`` is an energy. Residuals are di
 ``energy_scale`` (the energy normalizer's standard deviation) before the pointwise loss, which
 makes the loss weights dimensionless. All losses return one value per structure; reducing them
 over a batch (or over DDP ranks) is the caller's job.
+
+Each consistency term compares energies along a *step* ``d`` from a geometry ``A`` to ``B = A + d``
+(``consistency_form``):
+
+- ``taylor`` (the paper's form): ``E(B) ~ E(A) - sum_i <d_i, F_i(A)>``, error ``1/2 d^T H d = O(|d|^2)``,
+  whose mean over random directions is ``1/2 |d0|^2 tr H``: a systematic bias towards flat surfaces;
+- ``trapezoid``: ``E(B) ~ E(A) - 1/2 sum_i <d_i, F_i(A) + F_i(B)>``, the trapezoid rule for the exact
+  path integral ``E(B) - E(A) = -int_0^1 sum_i <d_i, F_i(A + t d)> dt``; error
+  ``-(1/12) d^3E/dt^3 = O(|d|^3)``, unbiased at second order.
+
+Residuals are invariant under a per-structure constant added to every energy of that structure, so
+callers should pass energies *relative* to a reference (e.g. the normalizer's mean): in float32 a total
+energy of -406,000 kcal/mol is resolved only to 1/32 kcal/mol. Eq. 17's ReLU margin is the one
+quantity that depends on the energy zero; it is computed from the energies as given.
 """
 
 from __future__ import annotations
@@ -19,6 +33,8 @@ from torch import Tensor, nn
 
 PointwiseLoss = Literal["mse", "mae", "relu"]
 PISCVariant = Literal["eq4", "eq15", "eq16"]
+ConsistencyForm = Literal["taylor", "trapezoid"]
+CONSISTENCY_FORMS: tuple[str, ...] = ("taylor", "trapezoid")
 
 
 def per_structure_sum(values: Tensor, batch_index: Tensor, num_structures: int) -> Tensor:
@@ -35,6 +51,28 @@ def first_order_term(displacement: Tensor, forces: Tensor, batch_index: Tensor, 
 def taylor_energy(energy: Tensor, forces: Tensor, displacement: Tensor, batch_index: Tensor) -> Tensor:
     """First-order Taylor estimate ``E(S + dr) ~ E(S) - sum_i <dr_i, F_i(S)>`` per structure (Eq. 2)."""
     return energy - first_order_term(displacement, forces, batch_index, energy.shape[0])
+
+
+def path_energy(
+    energy_start: Tensor,
+    forces_start: Tensor,
+    step: Tensor,
+    batch_index: Tensor,
+    forces_end: Tensor | None = None,
+    form: ConsistencyForm = "taylor",
+) -> Tensor:
+    """Estimate of ``E(A + d)`` per structure from the energy at ``A`` and forces along the step ``d`` (Å).
+
+    ``taylor``: ``E(A) - sum_i <d_i, F_i(A)>``, error ``O(|d|^2)``;
+    ``trapezoid``: ``E(A) - 1/2 sum_i <d_i, F_i(A) + F_i(A + d)>``, error ``O(|d|^3)`` (needs ``forces_end``).
+    """
+    if form == "taylor":
+        return taylor_energy(energy_start, forces_start, step, batch_index)
+    if form != "trapezoid":
+        raise ValueError(f"unknown consistency form {form!r}; allowed: 'taylor', 'trapezoid'")
+    if forces_end is None:
+        raise ValueError("consistency form 'trapezoid' needs the forces at the end point of the step")
+    return energy_start - first_order_term(step, 0.5 * (forces_start + forces_end), batch_index, energy_start.shape[0])
 
 
 def pointwise_loss(
@@ -73,22 +111,26 @@ def second_order_margin(energy_displaced: Tensor, displacement: Tensor, batch_in
 
 
 class _ConsistencyLoss(nn.Module):
-    """Common settings: the pointwise loss, the energy scale and the stop-gradient ablation."""
+    """Common settings: the pointwise loss, the energy scale, the stop-gradient ablation and the form."""
 
     def __init__(
         self,
         loss: PointwiseLoss = "mse",
         energy_scale: float = 1.0,
         detach_target: bool = False,
+        form: ConsistencyForm = "taylor",
     ) -> None:
         super().__init__()
         if loss not in ("mse", "mae", "relu"):
             raise ValueError(f"unknown pointwise loss {loss!r}; allowed: 'mse', 'mae', 'relu'")
         if energy_scale <= 0:
             raise ValueError(f"energy_scale must be positive, got {energy_scale}")
+        if form not in CONSISTENCY_FORMS:
+            raise ValueError(f"unknown consistency form {form!r}; allowed: 'taylor', 'trapezoid'")
         self.loss = loss
         self.energy_scale = energy_scale
         self.detach_target = detach_target
+        self.form = form
 
     def _compare(self, prediction: Tensor, target: Tensor, margin: Tensor | None) -> Tensor:
         if self.detach_target:
@@ -97,7 +139,12 @@ class _ConsistencyLoss(nn.Module):
 
 
 class PITCLoss(_ConsistencyLoss):
-    """Taylor-expansion consistency (Eq. 3): ``l(E(S+dr), E(S) - sum_i <dr_i, F_i(S)>)`` per structure."""
+    """Consistency along ``S -> S + dr`` (Eq. 3) per structure.
+
+    ``taylor``: ``l(E(S+dr), E(S) - sum_i <dr_i, F_i(S)>)``, the paper's form (target error ``O(|dr|^2)``);
+    ``trapezoid``: ``l(E(S+dr), E(S) - 1/2 sum_i <dr_i, F_i(S) + F_i(S+dr)>)`` (target error ``O(|dr|^3)``),
+    which needs ``forces_displaced``.
+    """
 
     def forward(
         self,
@@ -106,8 +153,9 @@ class PITCLoss(_ConsistencyLoss):
         energy_displaced: Tensor,
         displacement: Tensor,
         batch_index: Tensor,
+        forces_displaced: Tensor | None = None,
     ) -> Tensor:
-        target = taylor_energy(energy, forces, displacement, batch_index)
+        target = path_energy(energy, forces, displacement, batch_index, forces_displaced, self.form)
         margin = second_order_margin(energy_displaced, displacement, batch_index) if self.loss == "relu" else None
         return self._compare(energy_displaced, target, margin)
 
@@ -115,11 +163,12 @@ class PITCLoss(_ConsistencyLoss):
 class PISCLoss(_ConsistencyLoss):
     """Spatial consistency between two displacement paths to ``S + dr`` (Eq. 4, 15, 16).
 
-    With ``dr'' = dr - dr'``:
+    With ``dr'' = dr - dr'`` and ``P(X, d)`` the path estimate of ``E(X + d)`` (``path_energy``: Taylor
+    ``E(X) - sum <d, F(X)>`` or trapezoid ``E(X) - 1/2 sum <d, F(X) + F(X + d)>``):
 
-    - ``eq4``: ``l(E(S+dr), E(S+dr') - sum <dr'', F(S+dr')>)`` (default);
-    - ``eq15``: ``l(E(S) - sum <dr, F(S)>, E(S+dr') - sum <dr'', F(S+dr')>)``;
-    - ``eq16``: ``l(E(S+dr'), E(S+dr) - sum <-dr'', F(S+dr)>)``.
+    - ``eq4``: ``l(E(S+dr), P(S+dr', dr''))`` (default);
+    - ``eq15``: ``l(P(S, dr), P(S+dr', dr''))``;
+    - ``eq16``: ``l(E(S+dr'), P(S+dr, -dr''))``.
     """
 
     def __init__(
@@ -128,8 +177,9 @@ class PISCLoss(_ConsistencyLoss):
         energy_scale: float = 1.0,
         detach_target: bool = False,
         variant: PISCVariant = "eq4",
+        form: ConsistencyForm = "taylor",
     ) -> None:
-        super().__init__(loss, energy_scale, detach_target)
+        super().__init__(loss, energy_scale, detach_target, form)
         if variant not in ("eq4", "eq15", "eq16"):
             raise ValueError(f"unknown PISC variant {variant!r}; allowed: 'eq4', 'eq15', 'eq16'")
         self.variant = variant
@@ -147,19 +197,27 @@ class PISCLoss(_ConsistencyLoss):
         batch_index: Tensor,
     ) -> Tensor:
         second_step = displacement - displacement_prime
+        needs_end_forces = self.variant == "eq16" or self.form == "trapezoid"
+        if needs_end_forces and forces_displaced is None:
+            raise ValueError(f"PISC variant {self.variant!r} in the {self.form!r} form needs the forces at S + dr")
+        form = self.form
         if self.variant == "eq4":
             prediction = energy_displaced
-            target = taylor_energy(energy_displaced_prime, forces_displaced_prime, second_step, batch_index)
+            target = path_energy(
+                energy_displaced_prime, forces_displaced_prime, second_step, batch_index, forces_displaced, form
+            )
             margin_base, margin_step = energy_displaced, second_step
         elif self.variant == "eq15":
-            prediction = taylor_energy(energy, forces, displacement, batch_index)
-            target = taylor_energy(energy_displaced_prime, forces_displaced_prime, second_step, batch_index)
+            prediction = path_energy(energy, forces, displacement, batch_index, forces_displaced, form)
+            target = path_energy(
+                energy_displaced_prime, forces_displaced_prime, second_step, batch_index, forces_displaced, form
+            )
             margin_base, margin_step = prediction, second_step
         else:
-            if forces_displaced is None:
-                raise ValueError("PISC variant 'eq16' needs the forces at S + dr")
             prediction = energy_displaced_prime
-            target = taylor_energy(energy_displaced, forces_displaced, -second_step, batch_index)
+            target = path_energy(
+                energy_displaced, forces_displaced, -second_step, batch_index, forces_displaced_prime, form
+            )
             margin_base, margin_step = energy_displaced_prime, second_step
         margin = second_order_margin(margin_base, margin_step, batch_index) if self.loss == "relu" else None
         return self._compare(prediction, target, margin)
@@ -168,8 +226,13 @@ class PISCLoss(_ConsistencyLoss):
 class WeakLabelLoss(_ConsistencyLoss):
     """Cooper et al.'s Taylor weak label (Eq. 9): ``l(E(S+dr), E_ref(S) - sum <dr, F_ref(S)>)``.
 
-    The target is built from reference labels only, so no gradient flows through it.
+    The target is built from reference labels only, so no gradient flows through it. It exists in the
+    Taylor form only: a trapezoid target would need reference forces at ``S + dr``, which no data set has
+    (mixing in the model's own forces there would make it a PITC term, not a label).
     """
+
+    def __init__(self, loss: PointwiseLoss = "mse", energy_scale: float = 1.0, detach_target: bool = False) -> None:
+        super().__init__(loss, energy_scale, detach_target, "taylor")
 
     def forward(
         self,

@@ -41,6 +41,7 @@ from piwsl.displacements import (
     close_contacts,
 )
 from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss
+from piwsl.neighbours import warn_if_truncated
 from piwsl.step_guard import FiniteStepGuard, TrainingDiverged
 
 ENERGY_KEY = "energy"
@@ -88,6 +89,8 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
         self._check_outputs()
         self._tie_force_normalizer()
         self._check_labels()
+        if self.piwsl_config.needs_displacements and distutils.is_master():
+            warn_if_truncated(getattr(self, "train_dataset", None) or [], self._unwrapped_model)
         self._apply_max_steps()
         self._build_samplers()
         self._setup_checkpoints()
@@ -97,8 +100,9 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
             "energy_scale": self.energy_scale,
             "detach_target": self.piwsl_config.detach_target,
         }
-        self.pitc_loss = PITCLoss(**common)
-        self.pisc_loss = PISCLoss(**common, variant=self.piwsl_config.pisc_variant)
+        form = self.piwsl_config.consistency_form
+        self.pitc_loss = PITCLoss(**common, form=form)
+        self.pisc_loss = PISCLoss(**common, variant=self.piwsl_config.pisc_variant, form=form)
         self.weak_label_loss = WeakLabelLoss(**common)
         if distutils.is_master():
             logging.info(f"PIWSL settings: {self.piwsl_config}")
@@ -258,8 +262,8 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
         outputs = self._forward_geometries(parts)
         if parts[0][1] is None:
             out = outputs.pop(0)
-        displaced = self._physical(target, outputs[0])
-        displaced_prime = self._physical(target, outputs[1]) if prime is not None else None
+        displaced = self._relative(target, outputs[0])
+        displaced_prime = self._relative(target, outputs[1]) if prime is not None else None
         self._pending = DisplacedPredictions(subset, target, displacement, displaced, prime, displaced_prime)
         return out
 
@@ -360,6 +364,20 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
         forces = self._denorm_preds(FORCES_KEY, out[FORCES_KEY], batch).view(-1, 3)
         return Geometry(energy=energy, forces=forces)
 
+    def _relative(self, batch: Batch, out: dict[str, Tensor]) -> Geometry:
+        """Energies (B,) relative to each structure's offset (normalizer mean, element references), forces (N, 3).
+
+        Physical units, but without the offset that the consistency residuals cancel anyway: in float32
+        a total energy of -406,000 kcal/mol resolves only 1/32 kcal/mol, its deviation from the mean far finer.
+        """
+        forces = self._denorm_preds(FORCES_KEY, out[FORCES_KEY], batch).view(-1, 3)
+        return Geometry(energy=out[ENERGY_KEY].view(-1) * self.energy_scale, forces=forces)
+
+    def _relative_labels(self, batch: Batch) -> Tensor:
+        """Reference energies (B,) minus the same offsets as ``_relative``, differenced in float64."""
+        offset = self._denorm_preds(ENERGY_KEY, batch[ENERGY_KEY].new_zeros(int(batch.natoms.numel())), batch)
+        return (batch[ENERGY_KEY].view(-1).double() - offset.view(-1).double()).to(batch[ENERGY_KEY].dtype)
+
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, out: dict[str, Tensor], batch: Batch) -> Tensor:
         supervised = super()._compute_loss(out, batch)
@@ -420,20 +438,25 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
         if config.method == "weak_label":
             per_structure = self.weak_label_loss(
                 pending.displaced.energy,
-                target[ENERGY_KEY].view(-1),
+                self._relative_labels(target),
                 target[FORCES_KEY].view(-1, 3),
                 pending.displacement,
                 index,
             )
             return {"weak_label": (config.c_weak_label, self._reduce(per_structure))}
-        original = self._physical(batch, out)
+        original = self._relative(batch, out)
         if pending.subset is not None:
             atoms = torch.isin(batch.batch, pending.subset)
             original = Geometry(energy=original.energy[pending.subset], forces=original.forces[atoms])
         terms: dict[str, tuple[float, Tensor]] = {}
         if config.c_pitc > 0:
             pitc = self.pitc_loss(
-                original.energy, original.forces, pending.displaced.energy, pending.displacement, index
+                original.energy,
+                original.forces,
+                pending.displaced.energy,
+                pending.displacement,
+                index,
+                forces_displaced=pending.displaced.forces,
             )
             terms["pitc"] = (config.c_pitc, self._reduce(pitc))
         if config.c_pisc > 0 and pending.displaced_prime is not None:

@@ -1,14 +1,16 @@
-"""How far the reference potential itself is from its first-order Taylor expansion at PIWSL's displacements.
+"""How far the reference potential itself is from PIWSL's consistency targets at its displacements.
 
-PITC asks a model to satisfy ``E(S + dr) = E(S) - sum_i <dr_i, F_i(S)>``. The true potential does
-not: the second-order remainder ``E_ref(S + dr) - E_ref(S) + sum_i <dr_i, F_ref_i(S)>`` is the bias
-that the consistency target carries. This command draws displacements exactly as the trainer does
+PITC asks a model to satisfy ``E(S + dr) = E(S) - sum_i <dr_i, F_i(S)>`` (``taylor``, the paper's
+form) or ``E(S + dr) = E(S) - 1/2 sum_i <dr_i, F_i(S) + F_i(S + dr)>`` (``trapezoid``). The true
+potential satisfies neither exactly: its remainder ``E_ref(S + dr) - target`` is the bias that the
+consistency target carries, second order in ``|dr|`` for the Taylor form, third order for the
+trapezoid form. This command draws displacements exactly as the trainer does
 (``piwsl.displacements``), evaluates the reference method (GFN2-xTB through tblite) at the
-displaced geometries of structures from an rMD17-format file, and reports the RMS remainder per
-``max_displacement``, next to the energy spread of the data. Energies in kcal/mol.
+displaced geometries of structures from an rMD17-format file, and reports the RMS remainder of both
+forms per ``max_displacement``, next to the energy spread of the data. Energies in kcal/mol.
 
 Example: python scripts/taylor_remainder.py --data data/rmd17_aspirin_gfn2xtb_500K.npz \
-    --max-displacement 0.01 0.02 0.03 0.05 --structures 40 --json remainder.json
+    --max-displacement 0.01 0.02 0.03 0.05 0.1 --structures 40 --json remainder.json
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="rMD17-format npz labelled with GFN2-xTB")
     parser.add_argument(
-        "--max-displacement", type=float, nargs="+", default=[0.01, 0.02, 0.03, 0.05], help="dr_max values, Å"
+        "--max-displacement", type=float, nargs="+", default=[0.01, 0.02, 0.03, 0.05, 0.1], help="dr_max values, Å"
     )
     parser.add_argument("--form", choices=["gaussian", "normalized"], default="gaussian", help="displacement form")
     parser.add_argument("--structures", type=int, default=40, help="structures drawn from the file (evenly spaced)")
@@ -51,32 +53,36 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     for max_displacement in args.max_displacement:
         sampler = RandomDisplacementSampler(max_displacement, form=args.form, seed=args.seed)
-        remainders = []
+        remainders: dict[str, list[float]] = {"taylor": [], "trapezoid": []}
         for structure in tqdm(chosen, desc=f"dr_max {max_displacement} Å"):
             count = len(structure.numbers)
             displacement = sampler.sample(torch.zeros(count, dtype=torch.long), 1, dtype=torch.float64).numpy()
             atoms = Atoms(numbers=structure.numbers, positions=structure.positions + displacement)
             atoms.calc = calculator
             displaced = atoms.get_potential_energy() * EV_TO_KCAL_PER_MOL
+            forces_displaced = atoms.get_forces() * EV_TO_KCAL_PER_MOL
             taylor = structure.energy - float(np.sum(displacement * structure.forces))
-            remainders.append(displaced - taylor)
-        remainders = np.array(remainders)
-        rows.append(
-            {
-                "max_displacement": max_displacement,
-                "rms_remainder": float(np.sqrt(np.mean(remainders**2))),
-                "mean_remainder": float(np.mean(remainders)),
-                "max_abs_remainder": float(np.max(np.abs(remainders))),
-            }
-        )
+            trapezoid = structure.energy - 0.5 * float(np.sum(displacement * (structure.forces + forces_displaced)))
+            remainders["taylor"].append(displaced - taylor)
+            remainders["trapezoid"].append(displaced - trapezoid)
+        row: dict[str, float] = {"max_displacement": max_displacement}
+        for form, values in remainders.items():
+            values = np.array(values)
+            row[f"{form}_rms_remainder"] = float(np.sqrt(np.mean(values**2)))
+            row[f"{form}_mean_remainder"] = float(np.mean(values))
+            row[f"{form}_max_abs_remainder"] = float(np.max(np.abs(values)))
+        rows.append(row)
     summary = {"data": str(args.data), "form": args.form, "energy_std": float(energies.std()), "rows": rows}
     print(f"{args.data.name}: energy std of the data {summary['energy_std']:.2f} kcal/mol ({args.form} form)")
-    print(f"{'dr_max (Å)':>10s} {'RMS remainder':>14s} {'mean':>8s} {'max |.|':>8s}  (kcal/mol)")
+    print(f"{'':10s} {'Taylor (paper)':>26s}   {'trapezoid':>26s}")
+    print(f"{'dr_max (Å)':>10s} " + f"{'RMS':>8s} {'mean':>8s} {'max |.|':>8s}   " * 2 + "(kcal/mol)")
     for row in rows:
-        print(
-            f"{row['max_displacement']:10.3f} {row['rms_remainder']:14.3f} {row['mean_remainder']:8.3f} "
-            f"{row['max_abs_remainder']:8.3f}"
+        cells = "   ".join(
+            f"{row[f'{form}_rms_remainder']:8.3f} {row[f'{form}_mean_remainder']:8.3f} "
+            f"{row[f'{form}_max_abs_remainder']:8.3f}"
+            for form in ("taylor", "trapezoid")
         )
+        print(f"{row['max_displacement']:10.3f} {cells}")
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=1))
     return summary

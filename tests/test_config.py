@@ -41,9 +41,21 @@ def test_unknown_keys_are_named():
         ({"forward_mode": "parallel"}, "forward_mode"),
         ({"warmup_steps": -3}, "warmup_steps"),
         ({"preset": "Z"}, "preset"),
+        ({"consistency_form": "simpson"}, "consistency_form"),
+        ({"method": "weak_label", "consistency_form": "trapezoid"}, "consistency_form.*weak_label"),
         ({"c_pitc": 0, "c_pisc": 0}, "c_pitc = c_pisc = 0"),
     ],
 )
 def test_bad_values_name_the_key_and_value(section, key):
     with pytest.raises(PIWSLConfigError, match=key):
         PIWSLConfig.from_dict(section)
+
+
+def test_presets_and_weak_labels_keep_the_papers_taylor_form_unless_told():
+    from piwsl.config import DEFAULT_CONSISTENCY_FORM
+
+    assert PIWSLConfig.from_dict(None).consistency_form == DEFAULT_CONSISTENCY_FORM
+    assert PIWSLConfig.from_dict({"preset": "D"}).consistency_form == "taylor"
+    assert PIWSLConfig.from_dict({"preset": "D", "consistency_form": "trapezoid"}).consistency_form == "trapezoid"
+    assert PIWSLConfig.from_dict({"method": "weak_label"}).consistency_form == "taylor"
+    assert PIWSLConfig.from_dict({"consistency_form": "trapezoid"}).consistency_form == "trapezoid"

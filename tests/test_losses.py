@@ -6,7 +6,7 @@ import pytest
 import torch
 from analytic import morse_energy, morse_energy_and_forces, random_molecules
 
-from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss, pointwise_loss, taylor_energy
+from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss, path_energy, pointwise_loss, taylor_energy
 
 SIZES = [3, 7, 5]
 
@@ -92,21 +92,26 @@ def test_structures_in_a_batch_do_not_leak_into_each_other():
     assert values[2] != reference[2]
 
 
-def slow_first_order(energy, forces, dr, index, structure):
+def slow_first_order(energy, forces, dr, index, structure, forces_end=None):
+    """``E(A) - sum <d, F(A)>`` (Taylor) or ``E(A) - sum <d, (F(A) + F(B)) / 2>`` (trapezoid), one structure."""
+    if forces_end is not None:
+        forces = (forces + forces_end) / 2
     atoms = (index == structure).nonzero().view(-1).tolist()
     return float(energy[structure]) - sum(float(dr[i] @ forces[i]) for i in atoms)
 
 
+@pytest.mark.parametrize("form", ["taylor", "trapezoid"])
 @pytest.mark.parametrize("kind", ["mse", "mae", "relu"])
 @pytest.mark.parametrize("variant", ["eq4", "eq15", "eq16"])
-def test_losses_match_a_slow_loop_over_structures(kind, variant):
+def test_losses_match_a_slow_loop_over_structures(kind, variant, form):
     index, dr, dr_prime, exact = geometries(0.03)
     noisy = {k: (e + 0.3 * torch.arange(len(e)), f * 1.1) for k, (e, f) in exact.items()}  # not consistent
     scale = 2.5
     (e, f), (ed, fd), (ep, fp) = noisy["s"], noisy["d"], noisy["p"]
     ddr = dr - dr_prime
-    pitc = PITCLoss(kind, energy_scale=scale)(e, f, ed, dr, index)
-    pisc = PISCLoss(kind, energy_scale=scale, variant=variant)(e, f, ed, fd, ep, fp, dr, dr_prime, index)
+    trapezoid = form == "trapezoid"
+    pitc = PITCLoss(kind, energy_scale=scale, form=form)(e, f, ed, dr, index, forces_displaced=fd)
+    pisc = PISCLoss(kind, energy_scale=scale, variant=variant, form=form)(e, f, ed, fd, ep, fp, dr, dr_prime, index)
     weak = WeakLabelLoss(kind, energy_scale=scale)(ed, e, f, dr, index)
 
     def ell(a, b, base, step, structure):
@@ -118,17 +123,21 @@ def test_losses_match_a_slow_loop_over_structures(kind, variant):
         squared_norm = float(step[index == structure].square().sum())
         return max(abs(r) - abs(float(base)) * squared_norm / scale, 0.0)
 
+    def end(forces_at_end):
+        return forces_at_end if trapezoid else None
+
     for s in range(len(SIZES)):
-        pitc_target = slow_first_order(e, f, dr, index, s)
+        pitc_target = slow_first_order(e, f, dr, index, s, end(fd))
+        weak_target = slow_first_order(e, f, dr, index, s)
         assert float(pitc[s]) == pytest.approx(ell(ed[s], pitc_target, ed[s], dr, s), rel=1e-10, abs=1e-12)
-        assert float(weak[s]) == pytest.approx(ell(ed[s], pitc_target, ed[s], dr, s), rel=1e-10, abs=1e-12)
+        assert float(weak[s]) == pytest.approx(ell(ed[s], weak_target, ed[s], dr, s), rel=1e-10, abs=1e-12)
         if variant == "eq4":
-            expected = ell(ed[s], slow_first_order(ep, fp, ddr, index, s), ed[s], ddr, s)
+            expected = ell(ed[s], slow_first_order(ep, fp, ddr, index, s, end(fd)), ed[s], ddr, s)
         elif variant == "eq15":
-            first = slow_first_order(e, f, dr, index, s)
-            expected = ell(first, slow_first_order(ep, fp, ddr, index, s), first, ddr, s)
+            first = slow_first_order(e, f, dr, index, s, end(fd))
+            expected = ell(first, slow_first_order(ep, fp, ddr, index, s, end(fd)), first, ddr, s)
         else:
-            expected = ell(ep[s], slow_first_order(ed, fd, -ddr, index, s), ep[s], ddr, s)
+            expected = ell(ep[s], slow_first_order(ed, fd, -ddr, index, s, end(fp)), ep[s], ddr, s)
         assert float(pisc[s]) == pytest.approx(expected, rel=1e-10, abs=1e-12)
 
 
@@ -174,5 +183,105 @@ def test_bad_settings_are_rejected():
         PITCLoss(energy_scale=0.0)
     with pytest.raises(ValueError, match="PISC variant"):
         PISCLoss(variant="eq5")
+    with pytest.raises(ValueError, match="consistency form"):
+        PITCLoss(form="simpson")
+    index, dr, _, exact = geometries(0.01)
+    with pytest.raises(ValueError, match="forces at the end point"):
+        PITCLoss(form="trapezoid")(exact["s"][0], exact["s"][1], exact["d"][0], dr, index)
     with pytest.raises(ValueError, match="margin"):
         pointwise_loss(torch.zeros(1), torch.zeros(1), "relu")
+
+
+def residuals(form: str, scale: float) -> dict[str, torch.Tensor]:
+    """|residual| per structure (kcal/mol) of PITC and each PISC variant on the exact Morse model."""
+    index, dr, dr_prime, exact = geometries(scale)
+    terms = {"pitc": PITCLoss("mae", form=form)(exact["s"][0], exact["s"][1], exact["d"][0], dr, index, exact["d"][1])}
+    for variant in ("eq4", "eq15", "eq16"):
+        terms[variant] = PISCLoss("mae", variant=variant, form=form)(*pisc_inputs(exact, dr, dr_prime, index))
+    return terms
+
+
+@pytest.mark.parametrize("form, order", [("taylor", 2.0), ("trapezoid", 3.0)])
+def test_residual_of_an_exact_model_has_the_forms_order(form, order):
+    """Log-log slope of the residual over 5 step sizes: Taylor O(|dr|^2), trapezoid O(|dr|^3)."""
+    scales = [0.04, 0.02, 0.01, 0.005, 0.0025]
+    values = [residuals(form, scale) for scale in scales]
+    log_scale = torch.log(torch.tensor(scales, dtype=torch.float64))
+    for term in values[0]:
+        log_residual = torch.stack([v[term] for v in values]).log()  # (scales, structures)
+        centred = log_scale - log_scale.mean()
+        slopes = (centred.unsqueeze(-1) * (log_residual - log_residual.mean(0))).sum(0) / centred.square().sum()
+        assert torch.all((slopes - order).abs() < 0.15), (term, slopes)
+
+
+def test_trapezoid_is_far_more_accurate_than_taylor_at_the_papers_step():
+    taylor, trapezoid = residuals("taylor", 0.05), residuals("trapezoid", 0.05)
+    for term in taylor:
+        assert torch.all(trapezoid[term] < 0.2 * taylor[term]), (term, taylor[term], trapezoid[term])
+
+
+def test_path_energy_is_exact_for_a_quadratic_potential_in_the_trapezoid_form():
+    """For E = 1/2 k |r|^2 the trapezoid rule is exact, the Taylor form misses by 1/2 k |d|^2."""
+    positions, index = random_molecules(SIZES)
+    stiffness = 3.0
+    energy_of = lambda r: 0.5 * stiffness * r.new_zeros(len(SIZES)).index_add(0, index, r.square().sum(-1))  # noqa: E731
+    dr = displacement_of(0.2, len(index))
+    exact = energy_of(positions + dr)
+    trapezoid = path_energy(
+        energy_of(positions), -stiffness * positions, dr, index, -stiffness * (positions + dr), "trapezoid"
+    )
+    taylor = path_energy(energy_of(positions), -stiffness * positions, dr, index)
+    assert torch.allclose(trapezoid, exact, rtol=1e-12, atol=1e-12)
+    missing = 0.5 * stiffness * dr.new_zeros(len(SIZES)).index_add(0, index, dr.square().sum(-1))
+    assert torch.allclose(exact - taylor, missing, rtol=1e-10)
+
+
+def test_trapezoid_gradients_reach_both_end_points():
+    index, dr, dr_prime, exact = geometries(0.02)
+    tensors = {k: (e.clone().requires_grad_(True), f.clone().requires_grad_(True)) for k, (e, f) in exact.items()}
+    (e, f), (ed, fd), (ep, fp) = tensors["s"], tensors["d"], tensors["p"]
+    PITCLoss(form="trapezoid")(e, 1.1 * f, ed, dr, index, fd).sum().backward()
+    assert f.grad.abs().sum() > 0 and fd.grad.abs().sum() > 0 and ed.grad.abs().sum() > 0
+    f.grad = fd.grad = None
+    PITCLoss(form="taylor")(e, 1.1 * f, ed, dr, index, fd).sum().backward()
+    assert f.grad.abs().sum() > 0 and fd.grad is None  # the Taylor form ignores F(S + dr)
+    for variant, start in (("eq4", fp), ("eq15", f), ("eq16", fd)):
+        for t in (f, fd, fp):
+            t.grad = None
+        pisc = PISCLoss(variant=variant, form="trapezoid")(e, 1.1 * f, ed, fd, ep, fp, dr, dr_prime, index)
+        pisc.sum().backward()
+        end = fp if variant == "eq16" else fd
+        assert start.grad.abs().sum() > 0 and end.grad.abs().sum() > 0, variant
+
+
+def test_trapezoid_structures_do_not_leak_into_each_other():
+    index, dr, dr_prime, exact = geometries(0.02)
+    loss = PISCLoss(form="trapezoid")
+    reference = loss(*pisc_inputs(exact, dr, dr_prime, index))
+    changed = {k: (v[0].clone(), v[1].clone()) for k, v in exact.items()}
+    changed["d"][1][index == 0] *= 5  # the end-point forces of the first structure only
+    values = loss(*pisc_inputs(changed, dr, dr_prime, index))
+    assert values[0] != reference[0]
+    assert torch.equal(values[1:], reference[1:])
+    pitc = PITCLoss(form="trapezoid")
+    before = pitc(exact["s"][0], exact["s"][1], exact["d"][0], dr, index, exact["d"][1])
+    after = pitc(exact["s"][0], exact["s"][1], exact["d"][0], dr, index, changed["d"][1])
+    assert after[0] != before[0] and torch.equal(after[1:], before[1:])
+
+
+@pytest.mark.parametrize("form", ["taylor", "trapezoid"])
+def test_residuals_do_not_depend_on_a_per_structure_energy_offset(form):
+    index, dr, dr_prime, exact = geometries(0.03)
+    offset = torch.tensor([-406_000.0, 12.5, 3e4], dtype=torch.float64)
+    shifted = {k: (e + offset, f) for k, (e, f) in exact.items()}
+    pitc = PITCLoss(form=form)
+    args = lambda g: (g["s"][0], g["s"][1], g["d"][0], dr, index, g["d"][1])  # noqa: E731
+    assert torch.allclose(pitc(*args(shifted)), pitc(*args(exact)), rtol=1e-6, atol=1e-12)
+    for variant in ("eq4", "eq15", "eq16"):
+        pisc = PISCLoss(variant=variant, form=form)
+        assert torch.allclose(
+            pisc(*pisc_inputs(shifted, dr, dr_prime, index)),
+            pisc(*pisc_inputs(exact, dr, dr_prime, index)),
+            rtol=1e-6,
+            atol=1e-12,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -36,16 +37,19 @@ def test_benchmark_step_writes_ratios_for_every_variant(tmp_path):
     assert set(result["ratios"]) == {"piwsl_batched/supervised", "piwsl_sequential/supervised", "batched/sequential"}
 
 
-def test_taylor_remainder_shrinks_quadratically_on_the_reference(tmp_path):
+def test_remainders_shrink_as_second_and_third_order_on_the_reference(tmp_path):
     pytest.importorskip("tblite")
     output = tmp_path / "remainder.json"
     run_script(
         "scripts/taylor_remainder.py", "--data", str(ETHANOL), "--structures", "6",
-        "--max-displacement", "0.02", "0.01", "--json", str(output),
+        "--max-displacement", "0.08", "0.04", "--json", str(output),
     )  # fmt: skip
     rows = json.loads(output.read_text())["rows"]
-    ratio = rows[0]["rms_remainder"] / rows[1]["rms_remainder"]
-    assert 2.5 < ratio < 6  # second order: halving dr_max divides the remainder by about 4
+    taylor = rows[0]["taylor_rms_remainder"] / rows[1]["taylor_rms_remainder"]
+    trapezoid = rows[0]["trapezoid_rms_remainder"] / rows[1]["trapezoid_rms_remainder"]
+    assert 2.5 < taylor < 6  # second order: halving dr_max divides the remainder by about 4
+    assert 5.5 < trapezoid < 12  # third order: by about 8
+    assert all(row["trapezoid_rms_remainder"] < 0.3 * row["taylor_rms_remainder"] for row in rows)
 
 
 @pytest.mark.parametrize(
@@ -56,7 +60,58 @@ def test_taylor_remainder_shrinks_quadratically_on_the_reference(tmp_path):
         "scripts/benchmark_step.py",
         "scripts/benchmark_table.py",
         "scripts/taylor_remainder.py",
+        "scripts/diagnostics/neighbour_cap.py",
     ],
 )
 def test_help_explains_the_flags(script):
     assert "--" in run_script(script, "--help").stdout
+
+
+def test_consistency_form_report_builds_overview_fronts_and_curves(tmp_path):
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    methods = {"baseline": ("Baseline", 4.0, 2.0), "baseline_e10": ("Baseline, E coef 10", 3.0, 2.5),
+               "trapezoid": ("Trapezoid", 2.0, 2.1)}  # fmt: skip
+    for method, (label, energy, forces) in methods.items():
+        for seed in (0, 1):
+            result = {
+                "run": f"mol-painn-{method}-n100-s{seed}", "run_id": f"mol-painn-{method}-n100-s{seed}-abc",
+                "dataset": "mol", "backbone": "painn", "backbone_label": "PaiNN", "method": method,
+                "method_label": label, "train_size": 100, "seed": seed,
+                "data": f"datasets/experiments/mol-n100-s{seed}",
+                "train_wall_s": 10.0 + seed, "steps": 30,
+                "test": {"energy_rmse": energy + seed, "forces_rmse": forces, "num_structures": 5},
+            }  # fmt: skip
+            (results / "runs" / f"{result['run']}.json").write_text(json.dumps(result))
+    (results / "test_energy_variance.json").write_text(json.dumps({"mol-n100-s0": 25.0, "mol-n100-s1": 36.0}))
+    run_script("scripts/consistency_form_report.py", "--results", str(results), "--runs", str(tmp_path / "none"))
+    with (results / "tables/overview.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    trapezoid = rows["trapezoid"]
+    assert float(trapezoid["energy_rmse_mean"]) == pytest.approx(2.5)
+    assert float(trapezoid["energy_r2_mean"]) == pytest.approx(((1 - 4 / 25) + (1 - 9 / 36)) / 2)
+    assert (results / "figures/front__mol-n100.png").stat().st_size > 1000
+    assert (results / "learning_curves.csv").read_text().startswith("run,step,metric,value")
+
+
+def test_benchmark_inference_times_direct_and_gradient_checkpoints(tmp_path):
+    from pathlib import Path
+
+    from trainer_helpers import make_trainer, prepare_ethanol, tiny_config
+
+    data = prepare_ethanol(tmp_path)
+    checkpoints = {}
+    for label, direct in (("direct", True), ("gradient", False)):
+        config = tiny_config(data, tmp_path / label, {"method": "baseline"}, direct_forces=direct)
+        config["optim"]["max_epochs"] = 0
+        trainer = make_trainer(config)
+        checkpoints[label] = Path(trainer.save(checkpoint_file="best_checkpoint.pt", training_state=False))
+        del trainer
+    output = tmp_path / "inference.json"
+    run_script(
+        "scripts/benchmark_inference.py", "--data", str(data / "test"), "--batch-size", "4", "--repeats", "2",
+        "--warmup", "1", "--json", str(output), *[f"--model={k}={v}" for k, v in checkpoints.items()],
+    )  # fmt: skip
+    rows = {row["model"]: row for row in json.loads(output.read_text())["rows"]}
+    assert rows["direct"]["forces"] == "direct" and rows["gradient"]["forces"] == "gradient"
+    assert all(row["median_ms_per_batch"] > 0 for row in rows.values())

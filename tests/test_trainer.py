@@ -70,22 +70,39 @@ def test_consistency_terms_are_formed_in_physical_units(data, tmp_path):
     out = trainer._forward(batch)
     pending = trainer._pending
     terms = trainer._consistency_terms(out, batch, pending)
-    energy = trainer.normalizers["energy"](out["energy"]).view(-1)  # denormalize: kcal/mol
+    # denormalize in float64: kcal/mol, relative to the training mean (residuals do not depend on the energy zero)
+    normalizer = trainer.normalizers["energy"]
+    energy = out["energy"].view(-1).double() * normalizer.rmsd.double()
     forces = trainer.normalizers["forces"](out["forces"]).view(-1, 3)
     std = float(trainer.normalizers["energy"].rmsd)
     expected = PITCLoss(energy_scale=std)(
-        energy, forces, pending.displaced.energy, pending.displacement, batch.batch
+        energy, forces.double(), pending.displaced.energy.double(), pending.displacement.double(), batch.batch
     ).mean()
     assert std > 0.5  # real ethanol energies spread over more than a kcal/mol
-    assert float(terms["pitc"][1]) == pytest.approx(float(expected), rel=1e-6)
+    assert float(terms["pitc"][1]) == pytest.approx(float(expected), rel=1e-5)
 
 
-@pytest.mark.parametrize("fraction", [1.0, 0.5])
-@pytest.mark.parametrize("direct_forces", [True, False], ids=["direct", "gradient"])
-def test_batched_and_sequential_forward_agree(data, tmp_path, direct_forces, fraction):
+@pytest.mark.parametrize(
+    "direct_forces, fraction, form",
+    [
+        (True, 1.0, "taylor"),
+        (False, 1.0, "taylor"),
+        (True, 0.5, "taylor"),
+        (False, 0.5, "taylor"),
+        (True, 1.0, "trapezoid"),
+        (False, 0.5, "trapezoid"),
+    ],
+)
+def test_batched_and_sequential_forward_agree(data, tmp_path, direct_forces, fraction, form):
     results = {}
     for mode in ("batched", "sequential"):
-        section = {"method": "piwsl", "forward_mode": mode, "c_pisc": 0.5, "consistency_fraction": fraction}
+        section = {
+            "method": "piwsl",
+            "forward_mode": mode,
+            "c_pisc": 0.5,
+            "consistency_fraction": fraction,
+            "consistency_form": form,
+        }
         config = tiny_config(data, tmp_path / mode, section, direct_forces=direct_forces)
         trainer = make_trainer(config)
         trainer.step = 1
@@ -207,3 +224,79 @@ def test_auto_forward_mode_stacks_unless_on_one_cpu_thread(data, tmp_path):
     for mode, stacked in (("batched", True), ("sequential", False)):
         trainer.piwsl_config = dataclasses.replace(trainer.piwsl_config, forward_mode=mode)
         assert trainer.batched_forward is stacked
+
+
+def reference_pitc(trainer, out, batch, pending, form: str) -> float:
+    """PITC of the batch in float64 from the normalized outputs: the exact value the trainer should match."""
+    std = trainer.energy_scale
+    forces = trainer.normalizers["forces"](out["forces"]).view(-1, 3).double()
+    energy = out["energy"].view(-1).double() * std
+    displaced = pending.displaced
+    return float(
+        PITCLoss(energy_scale=std, form=form)(
+            energy,
+            forces,
+            displaced.energy.double(),
+            pending.displacement.double(),
+            batch.batch,
+            displaced.forces.double(),
+        ).mean()
+    )
+
+
+@pytest.mark.parametrize("form", ["taylor", "trapezoid"])
+def test_residuals_are_exact_with_total_energies_of_minus_406000(tmp_path, form):
+    """Energies offset by -406,000 kcal/mol (rMD17 aspirin's scale): float32 totals would round residuals."""
+    from trainer_helpers import ETHANOL
+
+    from piwsl.data.formats import read_rmd17
+    from piwsl.data.prepare import prepare_dataset
+
+    structures = read_rmd17(ETHANOL)
+    for structure in structures:
+        structure.energy -= 406_000.0
+    data = tmp_path / "offset"
+    prepare_dataset(structures, data, 16, 8, 16, 0, ETHANOL, "rmd17", check_units=False)
+    section = {"method": "piwsl", "c_pitc": 1.0, "c_pisc": 0.0, "consistency_form": form, "max_displacement": 0.01}
+    trainer = make_trainer(tiny_config(data, tmp_path, section))
+    assert float(trainer.normalizers["energy"].mean) < -400_000
+    trainer.step = 1
+    trainer.model.train()
+    batch = first_batch(trainer)
+    out = trainer._forward(batch)
+    pending = trainer._pending
+    # Energies handed to the losses are relative to the normalizer's mean: of the size of the data's spread.
+    assert float(pending.displaced.energy.abs().max()) < 100 * trainer.energy_scale
+    value = float(trainer._consistency_terms(out, batch, pending)["pitc"][1])
+    assert value == pytest.approx(reference_pitc(trainer, out, batch, pending, form), rel=1e-4)
+
+
+def test_weak_label_target_is_exact_with_total_energies(tmp_path):
+    from trainer_helpers import ETHANOL
+
+    from piwsl.data.formats import read_rmd17
+    from piwsl.data.prepare import prepare_dataset
+    from piwsl.losses import WeakLabelLoss
+
+    structures = read_rmd17(ETHANOL)
+    for structure in structures:
+        structure.energy -= 406_000.0
+    data = tmp_path / "offset"
+    prepare_dataset(structures, data, 16, 8, 16, 0, ETHANOL, "rmd17", check_units=False)
+    trainer = make_trainer(tiny_config(data, tmp_path, {"method": "weak_label", "max_displacement": 0.01}))
+    trainer.step = 1
+    trainer.model.train()
+    batch = first_batch(trainer)
+    out = trainer._forward(batch)
+    pending = trainer._pending
+    value = float(trainer._consistency_terms(out, batch, pending)["weak_label"][1])
+    # the float32 labels as stored, minus the normalizer's mean, differenced in float64
+    labels = batch.energy.view(-1).double() - float(trainer.normalizers["energy"].mean)
+    expected = WeakLabelLoss(energy_scale=trainer.energy_scale)(
+        pending.displaced.energy.double(),
+        labels,
+        batch.forces.view(-1, 3).double(),
+        pending.displacement.double(),
+        batch.batch,
+    ).mean()
+    assert value == pytest.approx(float(expected), rel=1e-4)
