@@ -4,7 +4,7 @@ fairchem silently drops top-level keys it does not know and ignores unknown ``op
 misspelled section (``piswl:``, ``optimm:``) or override (``--optim.max_stepz=5``) trains with
 defaults without a word. Here every top-level key must be one fairchem or piwsl reads, every
 ``optim`` key one that fairchem's trainer, its learning-rate schedulers or piwsl read, and the
-numbers that size a run must be positive; ``model`` keys must be arguments of the backbone's
+numbers that size a run must be positive (``max_epochs`` may be 0); ``model`` keys must be arguments of the backbone's
 constructor (which would otherwise fail with a traceback). Errors are ``ConfigKeyError`` naming
 key and value.
 """
@@ -34,8 +34,15 @@ OPTIM_KEYS = frozenset({
     "loss_energy", "loss_forces", "load_balancing", "load_balancing_on_error", "load_datasets_and_model_then_exit",
     "max_steps", "piwsl",
 })  # fmt: skip
-#: ``optim`` numbers that must be positive (integers where marked).
-POSITIVE_OPTIM = {"max_steps": int, "max_epochs": int, "batch_size": int, "eval_batch_size": int, "lr_initial": float}
+#: ``optim`` numbers: (integer only, whether ``0`` is allowed, allowed values in words). ``max_epochs: 0``
+#: builds a trainer that trains nothing (used to save untrained models); ``max_steps`` counts steps to train.
+OPTIM_NUMBERS = {
+    "max_steps": (True, False, "a positive integer"),
+    "max_epochs": (True, True, "an integer >= 0"),
+    "batch_size": (True, False, "a positive integer"),
+    "eval_batch_size": (True, False, "a positive integer"),
+    "lr_initial": (False, False, "a positive number"),
+}
 
 
 class ConfigKeyError(ValueError):
@@ -90,13 +97,13 @@ def check_config(config: dict[str, Any]) -> None:
     if unknown:
         key = unknown[0]
         raise ConfigKeyError(f"unknown key 'optim.{key}'{closest(key, allowed)}")
-    for key, kind in POSITIVE_OPTIM.items():
+    for key, (integer, zero_allowed, allowed) in OPTIM_NUMBERS.items():
         value = optim.get(key)
         if value is None:
             continue
         number = not isinstance(value, bool) and isinstance(value, (int, float))
-        if not number or value <= 0 or (kind is int and value != int(value)):
-            allowed = "a positive integer" if kind is int else "a positive number"
+        in_range = number and (value >= 0 if zero_allowed else value > 0)
+        if not in_range or (integer and value != int(value)):
             raise ConfigKeyError(f"optim.{key} = {value!r}; allowed: {allowed}")
 
 

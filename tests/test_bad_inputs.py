@@ -296,6 +296,13 @@ CASES = [
         ("optim.max_steps = -5", "positive"),
     ),
     Case(
+        "main: negative max_epochs",
+        "main",
+        lambda s: train(s, None, "--optim.max_epochs=-1"),
+        2,
+        ("optim.max_epochs = -1", "integer >= 0"),
+    ),
+    Case(
         "main: zero batch size",
         "main",
         lambda s: train(s, None, "--optim.batch_size=0"),
