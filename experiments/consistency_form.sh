@@ -10,6 +10,8 @@ grid=experiments/grids/consistency_form.yml
 run() { .venv/bin/python scripts/run_experiments.py --grid "$grid" --no-progress "$@"; }
 run --study form --only 'aspirin-*-n100-s0*'
 run --study conservative --only 'aspirin-*-n100-s0*'
+run --study form --only 'ani1x_like-*-n100-s0*'
+run --study conservative --only 'ani1x_like-*-n100-s0*'
 run --study form --only 'aspirin-*-n100-*'
 run --study conservative --only 'aspirin-*-n100-*'
 run --study form --only 'ani1x_like-*-n100-*'

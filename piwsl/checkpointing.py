@@ -9,12 +9,21 @@ together with the torch/NumPy/Python generators and the displacement samplers; f
 under a temporary name and renamed into place. SIGTERM makes training stop at the next step
 boundary after saving such a checkpoint; rerunning the same command resumes from it, and on CPU
 the resumed run ends with the same weights and metrics as an uninterrupted one.
+
+Every checkpoint also stores the run's settings and their hash (``SETTINGS_KEY``); resuming a
+run id whose stored settings differ from the current ones is refused, naming the differing keys
+(a reused ``--timestamp-id`` would otherwise return the old model without a word).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
+import json
 import logging
 import os
+import shutil
 import signal
 import threading
 from typing import Any
@@ -24,6 +33,15 @@ import torch
 from piwsl.reproducibility import capture_rng_state, restore_rng_state
 
 RESUME_KEY = "piwsl_resume_state"
+#: Checkpoint config key holding ``{"hash": ..., "settings": ...}`` of the run.
+SETTINGS_KEY = "piwsl_run_settings"
+#: Trainer config sections that decide what a run computes (``cmd.seed`` is added).
+SETTINGS_SECTIONS = (
+    "task", "model", "outputs", "optim", "loss_functions", "evaluation_metrics", "dataset", "val_dataset",
+    "test_dataset",
+)  # fmt: skip
+#: ``optim`` keys that change how a run executes, not what it computes.
+EXECUTION_KEYS = ("num_workers", "checkpoint_every")
 #: fairchem's own periodic save is disabled by a period no run reaches.
 _NEVER = 2**62
 
@@ -41,19 +59,66 @@ class _StepLimitReached(Exception):
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read."""
+    """A checkpoint file that cannot be read, or does not fit the run."""
+
+
+class OutputError(RuntimeError):
+    """A checkpoint that cannot be written (disk full, read-only); the message names the path."""
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:
-    """Load a checkpoint on the CPU, with a clear error if it is truncated or corrupt."""
+    """Load a checkpoint on the CPU, with a clear error if it is missing, truncated, corrupt or no checkpoint."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises several types for damaged files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"checkpoint {path} is unreadable (truncated or corrupt: {error}); delete it to start over"
+            f"checkpoint {path} is unreadable (truncated, corrupt or not a checkpoint: {first_line}); "
+            "delete it to start over"
         ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
+        raise CheckpointError(f"{path} is not a piwsl/fairchem checkpoint (it has no model weights and config)")
+    return checkpoint
+
+
+def run_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What a trainer config computes: its sections and seed, as JSON values, without execution-only keys.
+
+    ``optim.max_epochs`` is left out when ``optim.max_steps`` is set: the trainer derives it from the
+    steps and the batches per epoch, which depend on the number of DDP ranks.
+    """
+    settings = {key: copy.deepcopy(config.get(key)) for key in SETTINGS_SECTIONS}
+    settings["seed"] = config.get("cmd", {}).get("seed")
+    optim = settings.get("optim") or {}
+    for key in EXECUTION_KEYS + (("max_epochs",) if optim.get("max_steps") is not None else ()):
+        optim.pop(key, None)
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def differing_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two ``run_settings``, as ``key (old -> new)``."""
+    old_flat, new_flat = _flatten(old), _flatten(new)
+    missing = object()
+    return [
+        f"{key} ({old_flat.get(key, 'unset')!r} -> {new_flat.get(key, 'unset')!r})"
+        for key in sorted(set(old_flat) | set(new_flat))
+        if old_flat.get(key, missing) != new_flat.get(key, missing)
+    ]
 
 
 class ResumableTraining:
@@ -70,6 +135,8 @@ class ResumableTraining:
         self._saved_step: int | None = None
         self._rng_to_restore: dict[str, Any] | None = None
         self._stop_signal: int | None = None
+        settings = run_settings(self.config)
+        self.config[SETTINGS_KEY] = {"hash": settings_hash(settings), "settings": settings}
 
     def displacement_samplers(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -89,6 +156,10 @@ class ResumableTraining:
             }
         try:
             path = super().save(metrics, f"{checkpoint_file}.partial", training_state)
+        except (OSError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and "write" not in str(error).lower():
+                raise
+            raise self._write_error(checkpoint_file, error) from error
         finally:
             self.config.pop(RESUME_KEY, None)
         if path is None:
@@ -97,12 +168,39 @@ class ResumableTraining:
         os.replace(path, final)
         return final
 
+    def _write_error(self, checkpoint_file: str, error: Exception) -> OutputError:
+        """An ``OutputError`` naming the checkpoint and the free space of its disk; the partial file removed."""
+        directory = self.config["cmd"]["checkpoint_dir"]
+        partial = os.path.join(directory, f"{checkpoint_file}.partial")
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
+        try:
+            free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free on its disk"
+        except OSError:
+            free = "its directory is not accessible"
+        return OutputError(
+            f"cannot write checkpoint {os.path.join(directory, checkpoint_file)} ({reason}); {free}: "
+            "is the disk full or read-only? The previous checkpoint is kept"
+        )
+
     def load_checkpoint(
         self, checkpoint_path: str, checkpoint: dict | None = None, inference_only: bool = False
     ) -> None:
         if checkpoint is None:
             checkpoint = read_checkpoint(checkpoint_path)
-        super().load_checkpoint(checkpoint_path, checkpoint, inference_only)
+        if not inference_only:
+            self._check_resumed_settings(checkpoint_path, checkpoint)
+        try:
+            super().load_checkpoint(checkpoint_path, checkpoint, inference_only)
+        except (RuntimeError, KeyError, ValueError, AssertionError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            model = checkpoint.get("config", {}).get("model", {})
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path} does not fit this model (it holds a "
+                f"{model.get('name', 'model')} with other layers or sizes: {first_line}); "
+                "use the config it was trained with"
+            ) from error
         state = checkpoint.get("config", {}).get(RESUME_KEY)
         if state is None or inference_only:
             return
@@ -114,6 +212,22 @@ class ResumableTraining:
         # restoring at the first training forward puts every generator where it was at the save.
         self._rng_to_restore = state["rng"]
         self._saved_step = self.step
+
+    def _check_resumed_settings(self, checkpoint_path: str, checkpoint: dict) -> None:
+        """Refuse to resume this run id from a checkpoint of the same run id trained with other settings."""
+        own = os.path.join(self.config["cmd"]["checkpoint_dir"], "checkpoint.pt")
+        if not os.path.exists(own) or not os.path.samefile(checkpoint_path, own):
+            return  # --checkpoint of another run: fine-tuning from it is allowed
+        stored = checkpoint.get("config", {}).get(SETTINGS_KEY)
+        current = self.config.get(SETTINGS_KEY)
+        if stored is None or current is None or stored["hash"] == current["hash"]:
+            return
+        differences = differing_settings(stored["settings"], current["settings"])
+        shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+        raise CheckpointError(
+            f"run {self.config['cmd']['timestamp_id']} was trained with other settings than now: {shown}. "
+            f"Give this run another --timestamp-id, or delete {self.config['cmd']['checkpoint_dir']} to start over"
+        )
 
     # ------------------------------------------------------------------ training
     def train(self, disable_eval_tqdm: bool = False) -> None:

@@ -3,22 +3,29 @@
 Every flag of fairchem's CLI works (``--mode``, ``--config-yml``/``--config``, ``--cpu``,
 ``--num-gpus``, ``--submit`` and the ``--slurm-*`` flags, ``--run-dir``, ``--identifier``,
 ``--seed``, dotted overrides such as ``--optim.max_epochs=1``). Before anything starts, the
-config's top-level ``piwsl`` section is checked (unknown keys and bad values are errors) and moved
-to ``optim.piwsl`` where the trainer reads it, and missing datasets are reported in one line.
+config's keys are checked (``piwsl.config_checks``: unknown keys and bad values are errors naming
+the closest valid key), its top-level ``piwsl`` section is checked and moved to ``optim.piwsl``
+where the trainer reads it, and the datasets are checked (present, readable, finite labels,
+disjoint splits). Training holds the run's lock (``piwsl.run_lock``). Every error caused by the
+user's input is one line on stderr: exit code 2 for bad input, 1 for a run that failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import errno
 import hashlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from fairchem.core._cli import Runner
 from fairchem.core.common import distutils
 from fairchem.core.common.flags import Flags
@@ -27,11 +34,14 @@ from fairchem.core.common.utils import build_config, save_experiment_log, setup_
 from submitit.helpers import DelayedSubmission
 
 import piwsl.trainer  # noqa: F401  (registers the "piwsl" trainer and piwsl's backbones)
-from piwsl.checkpointing import CheckpointError
+from piwsl.checkpointing import CheckpointError, OutputError
 from piwsl.config import PIWSLConfig, PIWSLConfigError
+from piwsl.config_checks import ConfigKeyError, check_config, check_model_keys, check_overrides, closest
 from piwsl.cpu_memory import tune_malloc_for_tensors
-from piwsl.dataset_checks import DatasetError, check_disjoint, check_readable, check_units
+from piwsl.dataset_checks import DatasetError, check_readable, check_splits, check_units
+from piwsl.run_lock import RunLockedError, locked_run
 from piwsl.slurm import SlurmError, check_slurm_tools, cpu_job_config, expand_sweep
+from piwsl.step_guard import TrainingDiverged
 
 #: Top-level keys of our configs that fairchem does not know and main.py consumes.
 PREPARATION_KEY = "dataset_preparation"
@@ -58,6 +68,20 @@ _RUN_KEYS = (
 
 class ConfigError(ValueError):
     """A config that cannot run; the message says what to change."""
+
+
+#: Errors of the user's input or settings: one line, exit code 2.
+INPUT_ERRORS = (
+    ConfigError,
+    PIWSLConfigError,
+    ConfigKeyError,
+    CheckpointError,
+    DatasetError,
+    RunLockedError,
+    SlurmError,
+)
+#: Runs that failed on the way (diverged, output not writable): one line, exit code 1.
+RUN_ERRORS = (TrainingDiverged, OutputError)
 
 
 class PIWSLRunner(Runner):
@@ -110,8 +134,8 @@ def run_config(config: dict) -> None:
         tune_malloc_for_tensors()
     try:
         PIWSLRunner()(config)
-    finally:
-        distutils.cleanup()  # fairchem leaves its process group open when the trainer fails to build
+    finally:  # fairchem leaves its process group behind when the run fails; a later run here would not start
+        distutils.cleanup()
 
 
 def build_trainer(config: dict, **overrides: Any):
@@ -159,7 +183,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def prepare_config(config: dict) -> dict:
-    """Check the piwsl section and dataset paths, and put the section where the trainer reads it."""
+    """Check the config's keys, the piwsl section and dataset paths; put the section where the trainer reads it."""
+    check_config(config)
     config = copy.deepcopy(config)
     preparation = config.pop(PREPARATION_KEY, None)
     units = config.pop(UNITS_KEY, None)
@@ -171,11 +196,39 @@ def prepare_config(config: dict) -> dict:
         optim["piwsl"] = section
     if config.get("trainer", "piwsl") == "piwsl" or "piwsl" in optim:
         PIWSLConfig.from_dict(optim.get("piwsl"), where="piwsl")
-    if config.get("mode", "train") == "train":
+    check_model_name(config)
+    if config.get("checkpoint") is not None and not Path(config["checkpoint"]).is_file():
+        raise ConfigError(f"checkpoint not found: {config['checkpoint']}")
+    mode = config.get("mode", "train")
+    if mode == "train":
         check_datasets(config, preparation, units)
+    elif mode in ("predict", "validate"):
+        split = "test" if mode == "predict" else "val"
+        settings = (config.get("dataset") or {}).get(split) if isinstance(config.get("dataset"), dict) else None
+        if not isinstance(settings, dict) or not settings.get("src"):
+            raise ConfigError(f"--mode {mode} needs a {split} set: set dataset.{split}.src (--dataset.{split}.src=DIR)")
+        if not Path(settings["src"]).exists():
+            raise ConfigError(f"{split} dataset not found: {settings['src']}")
     if config.get("timestamp_id") is None:
         config["timestamp_id"] = run_id(config)
     return config
+
+
+def check_model_name(config: dict) -> None:
+    """An unknown ``model.name`` is an error listing the registered backbones, an unknown ``model`` key too."""
+    model = config.get("model")
+    name = model.get("name") if isinstance(model, dict) else None
+    if name is None:
+        raise ConfigError("the config has no model.name (e.g. painn); see configs/")
+    setup_imports(config)
+    try:
+        backbone = registry.get_model_class(name)
+    except RuntimeError:
+        known = sorted(registry.mapping["model_name_mapping"])
+        raise ConfigError(
+            f"unknown model.name '{name}'{closest(name, known)}; registered: {', '.join(known)}"
+        ) from None
+    check_model_keys(model, backbone)
 
 
 def run_id(config: dict) -> str:
@@ -191,7 +244,8 @@ def run_id(config: dict) -> str:
 
 
 def check_datasets(config: dict, preparation: str | None, units: dict[str, str] | None) -> None:
-    """Fail in one line when a dataset is missing, unreadable, in other units, or overlaps training."""
+    """Fail in one line when a dataset is missing, unreadable, empty, in other units, has non-finite labels,
+    or overlaps training."""
     datasets = config.get("dataset", {})
     splits = datasets.items() if isinstance(datasets, dict) and "train" in datasets else [("train", datasets)]
     sources = {}
@@ -205,18 +259,17 @@ def check_datasets(config: dict, preparation: str | None, units: dict[str, str] 
         if (settings or {}).get("format", datasets.get("train", {}).get("format", "lmdb")) != "lmdb":
             continue
         try:
-            check_readable(Path(source))
+            if check_readable(Path(source)) == 0:
+                raise DatasetError(f"{source} holds no structures")
             if units:
                 check_units(Path(source), units)
         except DatasetError as error:
             raise ConfigError(f"{split} dataset: {error}") from error
         sources[split] = Path(source)
-    for split in ("val", "test"):
-        if "train" in sources and split in sources and sources[split] != sources["train"]:
-            try:
-                check_disjoint(sources["train"], sources[split], split)
-            except DatasetError as error:
-                raise ConfigError(str(error)) from error
+    try:
+        check_splits(sources)
+    except DatasetError as error:
+        raise ConfigError(str(error)) from error
 
 
 def submit(args: argparse.Namespace, configs: list[dict]) -> None:
@@ -247,41 +300,139 @@ def submit(args: argparse.Namespace, configs: list[dict]) -> None:
     logging.info(f"Experiment log saved to: {save_experiment_log(args, jobs, configs)}")
 
 
-def run(args: argparse.Namespace, overrides: list[str]) -> None:
+def read_config(args: argparse.Namespace, overrides: list[str]) -> dict:
+    """fairchem's ``build_config`` (includes resolved, overrides merged), with YAML problems in one line."""
     if args.config_yml is None:
         raise ConfigError("no config given: pass --config PATH (e.g. configs/ani1x/painn_piwsl.yml)")
-    if not Path(args.config_yml).exists():
+    if not Path(args.config_yml).is_file():
         raise ConfigError(f"config file not found: {args.config_yml}")
+    try:
+        content = yaml.safe_load(Path(args.config_yml).read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{args.config_yml}: not valid YAML ({yaml_problem(error)})") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{args.config_yml}: a config must be a mapping of sections (model:, optim:, ...)")
+    try:
+        return build_config(args, overrides)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"an included config is not valid YAML ({yaml_problem(error)})") from None
+    except (ValueError, AttributeError) as error:  # fairchem's include errors
+        raise ConfigError(f"{args.config_yml}: {error}") from None
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """``problem at FILE line L, column C`` of a YAML error."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return problem
+    return f"{problem} at {mark.name} line {mark.line + 1}, column {mark.column + 1}"
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    if args.num_gpus < 1:
+        raise ConfigError(f"--num-gpus {args.num_gpus}: the number of ranks must be at least 1")
+    if args.num_gpus > 1 and not args.cpu and not args.submit and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--num-gpus {args.num_gpus} needs CUDA GPUs, but torch finds none here; add --cpu to run "
+            f"{args.num_gpus} ranks on the CPU"
+        )
     if args.sweep_yml is not None and not args.submit:
         raise ConfigError(
             "--sweep-yml runs its configs as a SLURM array and needs --submit (as in fairchem); for a local grid "
             "use scripts/run_experiments.py"
         )
     if args.submit:
-        raw = build_config(args, overrides)
+        raw = read_config(args, overrides)
         variants = expand_sweep(raw, args.sweep_yml) if args.sweep_yml is not None else [raw]
         submit(args, [prepare_config(variant) for variant in variants])
         return
-    config = prepare_config(build_config(args, overrides))
+    config = prepare_config(read_config(args, overrides))
+    checkpoint_dir = Path(config.get("run_dir") or ".") / "checkpoints" / config["timestamp_id"]
+    lock = locked_run(checkpoint_dir) if config.get("mode") == "train" else contextlib.nullcontext()
+    with lock:
+        run_locally(args, config)
+
+
+class RanksFailed(Exception):
+    """A DDP rank stopped with an error that rank 0 already printed in one line."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"a rank exited with code {exit_code}")
+        self.exit_code = exit_code
+
+
+def run_rank(config: dict) -> None:
+    """Entry point of each DDP rank: an expected error is one line (from rank 0) and the rank's exit code."""
+    try:
+        run_config(config)
+    except INPUT_ERRORS + RUN_ERRORS as error:
+        if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now
+            print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(error, INPUT_ERRORS) else 1) from None
+
+
+def run_locally(args: argparse.Namespace, config: dict) -> None:
+    """Run ``config`` here: one process, or ``--num-gpus`` ranks through torch's elastic launcher."""
     if args.num_gpus > 1:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
         from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
         config.setdefault("optim", {})["num_workers"] = 0
         launch = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=args.num_gpus, rdzv_backend="c10d", max_restarts=0
         )
-        elastic_launch(launch, run_config)(config)
+        # The launcher's own failure reports would follow rank 0's one-line error: silence them.
+        loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing.spawn")]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            elastic_launch(launch, run_rank)(config)
+        except ChildFailedError as failure:
+            _, first = failure.get_first_failure()
+            if first.exitcode not in (1, 2):
+                raise
+            raise RanksFailed(first.exitcode) from None
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
     else:
         distutils.setup_env_local()
         run_config(config)
 
 
+#: ``errno`` values of paths that cannot be written or reached: (what failed, what it means).
+PATH_ERRORS = {
+    errno.ENOSPC: ("cannot write", "no space left on the device"),
+    errno.EDQUOT: ("cannot write", "disk quota exceeded"),
+    errno.EROFS: ("cannot write", "read-only file system"),
+    errno.EACCES: ("cannot access", "permission denied"),
+    errno.EPERM: ("cannot access", "permission denied"),
+    errno.ENOTDIR: ("cannot access", "a part of the path is a file, not a directory"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``main.py``: 0 on success, 2 for bad input or settings, 1 when training fails (one line each)."""
     setup_logging()
-    args, overrides = get_parser().parse_known_args(argv)
+    parser = get_parser()
+    args, overrides = parser.parse_known_args(argv)
     try:
+        check_overrides(overrides, parser._option_string_actions)
         run(args, overrides)
-    except (ConfigError, PIWSLConfigError, CheckpointError, SlurmError) as error:
+    except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RUN_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except RanksFailed as failure:
+        return failure.exit_code
+    except OSError as error:
+        if error.errno not in PATH_ERRORS:
+            raise
+        failed, meaning = PATH_ERRORS[error.errno]
+        print(f"error: {failed} {error.filename}: {meaning}", file=sys.stderr)
+        return 1
     return 0

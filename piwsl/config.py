@@ -70,7 +70,8 @@ class PIWSLConfig:
         min_distance: redraw a displacement that brings two atoms of a structure closer than this, Å
             (0 disables the check).
         max_nonfinite_steps: stop training after this many consecutive steps whose displaced
-            geometries gave non-finite energies or forces (their terms are dropped until then).
+            geometries gave non-finite energies or forces (their terms are dropped until then), or
+            whose loss or gradients were non-finite (those steps are skipped, ``piwsl.step_guard``).
         seed: seed of the displacement generator; ``None`` uses the run's seed.
     """
 

@@ -1,4 +1,4 @@
-"""Checks of prepared datasets before training: readable LMDBs, matching units, no train/test overlap."""
+"""Checks of prepared datasets before training: readable LMDBs, matching units, finite labels, no overlap."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def check_readable(source: Path) -> int:
         try:
             with env.begin() as transaction:
                 count = transaction.stat()["entries"] - (transaction.get(b"length") is not None)
-                for key in (b"0", f"{count - 1}".encode()):
+                for key in (b"0", f"{count - 1}".encode()) if count else ():
                     value = transaction.get(key)
                     if value is None:
                         raise DatasetError(f"{path}: record {key.decode()} of {count} is missing (truncated file?)")
@@ -94,21 +94,51 @@ def check_units(source: Path, expected: dict[str, str]) -> None:
             )
 
 
+#: Record attributes that must be finite wherever present.
+FINITE_KEYS = ("pos", "energy", "forces")
+
+
+def check_finite_record(path: Path, key: bytes, record) -> None:
+    """Raise ``DatasetError`` naming the record when its positions, energy or forces hold NaN or Inf."""
+    for name in FINITE_KEYS:
+        value = getattr(record, name, None) if not isinstance(record, dict) else record.get(name)
+        if value is None:
+            continue
+        array = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(array)):
+            bad = "NaN" if np.any(np.isnan(array)) else "Inf"
+            raise DatasetError(
+                f"{path}: record {key.decode(errors='replace')} has {bad} in its {name}; "
+                "remove the record or prepare the dataset again (prepare_data.py rejects such records)"
+            )
+
+
 def structure_fingerprints(source: Path) -> set[str]:
-    """Hashes of (atomic numbers, positions rounded to 1e-4 Å) of every record of ``source``."""
+    """Hashes of (atomic numbers, positions rounded to 1e-4 Å) of every record of ``source``.
+
+    Reading every record anyway, it also checks that each one's labels are finite (``check_finite_record``).
+    """
     fingerprints = set()
     for path in lmdb_files(source):
-        for _key, record in _records(path):
+        for key, record in _records(path):
+            check_finite_record(path, key, record)
             numbers = np.asarray(record.atomic_numbers, dtype=np.int64)
             positions = np.round(np.asarray(record.pos, dtype=np.float64), 4) + 0.0  # +0.0: no negative zeros
             fingerprints.add(hashlib.sha1(numbers.tobytes() + positions.tobytes()).hexdigest())
     return fingerprints
 
 
-def check_disjoint(train: Path, other: Path, name: str) -> None:
-    """Fail when a structure of ``other`` (validation or test) also appears in the training set."""
-    shared = structure_fingerprints(train) & structure_fingerprints(other)
+def check_splits(sources: dict[str, Path]) -> None:
+    """Read every record of every split once: labels finite, validation and test sets disjoint from training."""
+    fingerprints = {split: structure_fingerprints(source) for split, source in sources.items()}
+    for split, source in sources.items():
+        if split != "train" and "train" in sources and source != sources["train"]:
+            _check_overlap(fingerprints["train"], fingerprints[split], sources["train"], source, split)
+
+
+def _check_overlap(train: set[str], other: set[str], train_path: Path, other_path: Path, name: str) -> None:
+    shared = train & other
     if shared:
         raise DatasetError(
-            f"{len(shared)} structure(s) of the {name} set {other} also appear in the training set {train}"
+            f"{len(shared)} structure(s) of the {name} set {other_path} also appear in the training set {train_path}"
         )

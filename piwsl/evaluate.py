@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import piwsl.trainer  # noqa: F401  (registers the "piwsl" trainer and piwsl's backbones)
 from piwsl.checkpointing import read_checkpoint
+from piwsl.dataset_checks import DatasetError, check_readable
 from piwsl.training_data import OutsideTrainingDomainError, TrainingData, structure_fingerprint
 
 #: Energy unit assumed for checkpoints written before they recorded their training data.
@@ -94,9 +95,7 @@ def load_trainer(checkpoint_path: Path, cpu: bool = True):
     checkpoints written before piwsl recorded it).
     """
     checkpoint_path = Path(checkpoint_path)
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
-    checkpoint = read_checkpoint(str(checkpoint_path))
+    checkpoint = read_checkpoint(str(checkpoint_path))  # CheckpointError if missing, damaged or no checkpoint
     config = checkpoint["config"]
     trainer_name = config.get("trainer", "piwsl")
     trainer_name = "piwsl" if trainer_name in ("ocp", "forces") else trainer_name
@@ -160,9 +159,15 @@ def evaluate(
     training_data: TrainingData | None = getattr(trainer, "training_data", None)
     _check_data_matches_model(training_data, data_path)
     unit = training_data.energy_unit if training_data and training_data.energy_unit else LEGACY_ENERGY_UNIT
+    try:
+        check_readable(Path(data_path))  # DatasetError for a missing or damaged split
+    except DatasetError as error:
+        if "already open in this process" not in str(error):
+            raise
+        # a dataset object of this process (e.g. a trainer's) holds the file open: it is readable
     dataset = LmdbDataset({"src": str(data_path)})
     if len(dataset) == 0:
-        raise OutsideTrainingDomainError(f"{data_path}: no structures to evaluate")
+        raise DatasetError(f"{data_path}: the split holds no structures; nothing to evaluate")
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=partial(data_list_collater, otf_graph=True)
     )

@@ -45,6 +45,7 @@ from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss
 from piwsl.neighbours import warn_if_truncated
 from piwsl.progress import TrainingProgress
 from piwsl.setup_checks import check_graph_backend, reject_ignored_section
+from piwsl.step_guard import FiniteStepGuard, TrainingDiverged
 from piwsl.training_data import TRAINING_DATA_KEY, describe_training_data
 
 ENERGY_KEY = "energy"
@@ -80,7 +81,7 @@ class DisplacedPredictions:
 
 
 @registry.register_trainer("piwsl")
-class PIWSLTrainer(ResumableTraining, OCPTrainer):
+class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
     """OCP trainer with PITC/PISC consistency losses, NoisyNode and weak-label baselines."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -103,6 +104,7 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         self._apply_max_steps()
         self._build_samplers()
         self._setup_checkpoints()
+        self._setup_step_guard(self.piwsl_config.max_nonfinite_steps)
         self._record_training_data()
         common = {
             "loss": self.piwsl_config.pointwise_loss,
@@ -422,9 +424,12 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
         if pending.displaced_prime is not None:
             outputs += [pending.displaced_prime.energy, pending.displaced_prime.forces]
         # One device-to-host copy for the finiteness check and the logged values (a sync on GPUs).
-        finite = torch.stack([torch.isfinite(t).all() for t in outputs + [value for _, value in terms.values()]])
+        checked = [supervised] + outputs + [value for _, value in terms.values()]
+        finite = torch.stack([torch.isfinite(t).all() for t in checked])
         values = torch.stack([value.detach().to(finite.device, torch.float64) for value in logged.values()])
         host = torch.cat([finite.to(torch.float64), values]).tolist()
+        if not host[0]:
+            return supervised  # not a displacement problem: the step guard skips the whole step
         if not all(host[: len(finite)]):
             return self._drop_consistency_terms(batch, supervised)
         self._consecutive_nonfinite_steps = 0
@@ -445,9 +450,10 @@ class PIWSLTrainer(ResumableTraining, OCPTrainer):
             f"({self._nonfinite_steps} step(s) so far, {self._consecutive_nonfinite_steps} in a row)"
         )
         if self._consecutive_nonfinite_steps >= limit:
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"non-finite predictions at displaced geometries in {limit} consecutive steps (piwsl."
-                "max_nonfinite_steps); lower piwsl.max_displacement or check the model's stability"
+                "max_nonfinite_steps); lower piwsl.max_displacement, or optim.lr_initial (now "
+                f"{self.config['optim'].get('lr_initial')}) if training diverged, or check the model's stability"
             )
         self.metrics = self.evaluator.update("nonfinite_steps", float(self._nonfinite_steps), self.metrics)
         if not self.batched_forward:

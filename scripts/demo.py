@@ -56,7 +56,7 @@ def prepare_data(args: argparse.Namespace) -> None:
     command = [
         sys.executable, str(ROOT / "scripts/prepare_data.py"), "rmd17", "--src", str(DATA_SOURCE),
         "--out", str(args.data), "--train-size", str(args.train_size), "--val-size", str(wanted["val"]),
-        "--test-size", str(args.test_size), "--seed", str(args.seed),
+        "--test-size", str(args.test_size), "--seed", str(args.seed), "--overwrite",
     ]  # fmt: skip
     subprocess.run(command, check=True)
 

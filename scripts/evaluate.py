@@ -17,6 +17,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from piwsl.checkpointing import CheckpointError
+from piwsl.dataset_checks import DatasetError
+
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,14 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.predictions is not None and args.predictions.suffix not in (".npz", ".csv"):
         print(f"error: --predictions {args.predictions}: use a .npz or .csv file name", file=sys.stderr)
         return 2
-    from piwsl.checkpointing import CheckpointError
     from piwsl.training_data import OutsideTrainingDomainError
 
     try:
         run(args)
-    except (FileNotFoundError, CheckpointError, OutsideTrainingDomainError) as error:
+    except (FileNotFoundError, CheckpointError, OutsideTrainingDomainError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # --json on a full or read-only disk
+        print(f"error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,6 +10,10 @@ Splits: seeded shuffle; the test set is drawn first (10,000 for ani1x/rmd17, 1,0
 all that is left), so it is the same for every --train-size with the same --seed; then train,
 then validation (--train-size, at least 100, by default).
 
+--out must be absent, an empty directory, or (with --overwrite) a dataset this script wrote;
+anything else there is refused, never deleted. Staging directories (.NAME.*.partial beside --out)
+of conversions that were killed are removed by the next run.
+
 ani1x is streamed (two passes; memory does not grow with the file beyond 4 bytes per conformer).
 Its conformers whose chosen labels are NaN (labels the release lacks, e.g. CCSD(T) energies) are
 skipped and counted in metadata.json; Inf is an error. Every record written is checked (shapes,
@@ -29,6 +33,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import lmdb
 
 from piwsl.data.formats import FORMATS, open_source
 from piwsl.data.prepare import prepare_dataset
@@ -86,6 +92,12 @@ def get_parser() -> argparse.ArgumentParser:
         help="write the training split without force labels (energy-only training); val/test keep forces",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dataset at --out that this script wrote (recognized by its metadata.json); "
+        "anything else at --out is never deleted",
+    )
+    parser.add_argument(
         "--skip-unit-check",
         action="store_true",
         help="do not reject energies whose magnitude exceeds any total energy of their atoms in the source unit "
@@ -118,7 +130,10 @@ def run(args: argparse.Namespace) -> dict:
         train_without_forces=args.energy_only,
         self_energies=self_energies,
         check_units=not args.skip_unit_check,
+        overwrite=args.overwrite,
     )
+    for warning in metadata["unit_warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     skipped = {reason: n for reason, n in metadata["skipped_records"].items() if n}
     note = f", skipped {json.dumps(skipped)}" if skipped else ""
     print(f"wrote {args.out}: {json.dumps(metadata['split_sizes'])} of {metadata['num_records']} records{note}")
@@ -132,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFormatError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the output disk is full, read-only, or not ours
+        print(f"error: cannot write {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    except lmdb.Error as error:
+        print(f"error: cannot write the LMDBs of {args.out}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -185,16 +185,16 @@ def test_self_energies_must_cover_every_element(tmp_path):
 def test_failure_leaves_no_dataset_and_keeps_the_previous_one(tmp_path):
     out = tmp_path / "ethanol"
     energies = np.load(ETHANOL_NPZ)["energies"].copy()
-    energies[59] = np.inf  # the last frame: the LMDBs are half written when it fails
+    energies[59] = -1e9  # the last frame, beyond any total energy: the LMDBs are half written when it fails
     bad = edited_npz(tmp_path, energies=energies)
-    with pytest.raises(DataFormatError, match=r"edited\.npz\[59\]: energy contains Inf"):
+    with pytest.raises(DataFormatError, match=r"edited\.npz\[59\]: energy -1e\+09 kcal/mol"):
         small_split("rmd17", bad, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.npz"]  # no dataset, no staging leftovers
 
     good = prepare_dataset(read_rmd17(ETHANOL_NPZ), out, 4, 4, 8, 0, ETHANOL_NPZ, "rmd17")
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(DataFormatError):
-        small_split("rmd17", bad, out)
+        small_split("rmd17", bad, out, "--overwrite")
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before and json.loads((out / "metadata.json").read_text()) == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.npz", "ethanol"]

@@ -22,7 +22,7 @@ from piwsl.data.ani1x import Ani1xSource
 from piwsl.data.source import RecordSource
 from piwsl.data.structures import Structure, molecule
 from piwsl.data.units import EV_TO_KCAL_PER_MOL
-from piwsl.data.validation import DataFormatError, check_structure
+from piwsl.data.validation import DataFormatError, check_finite, check_structure
 
 #: Keys of an rMD17 npz.
 RMD17_NUMBERS_KEY = "nuclear_charges"
@@ -87,6 +87,12 @@ class Rmd17Source(RecordSource):
             raise DataFormatError(
                 f"{path}: {self.energy_key} has shape {energies.shape}, expected ({coords.shape[0]},) like coords"
             )
+        for what, values in (("positions", coords), ("energy", energies), ("forces", forces)):
+            if values is not None:  # every frame, also those no split takes
+                bad = ~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+                if bad.any():
+                    index = int(np.flatnonzero(bad)[0])
+                    check_finite(values[index], what, f"{path}[{index}]")
         self._arrays = (numbers, coords, energies.reshape(-1), forces)
         return coords.shape[0]
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -24,6 +26,14 @@ COMMIT_EVERY = 1000
 REOPEN_EVERY = 50 * COMMIT_EVERY
 #: Permissions given to finished directories (temporary directories are created private).
 DIRECTORY_MODE = 0o755
+#: Suffix of the hidden staging directory ``.<name>.<random>.partial`` of one write attempt.
+STAGING_SUFFIX = ".partial"
+#: What ``write_lmdb`` puts in its directory; a directory holding anything else is never replaced.
+LMDB_DIRECTORY_ENTRIES = frozenset({"data.lmdb", "data.lmdb-lock"})
+
+
+class OutputExistsError(ValueError):
+    """An output path that holds something piwsl did not write (or may not replace); never deleted."""
 
 
 class LmdbWriter:
@@ -85,22 +95,75 @@ class LmdbWriter:
 def write_lmdb(structures: Iterable[Structure], path: Path) -> int:
     """Write ``structures`` to ``path/data.lmdb`` atomically; return how many were written.
 
-    The database is built in a temporary sibling directory and renamed into place at the end, so
-    an interrupted conversion never leaves a half-written dataset at ``path``.
+    The database is built in a staging directory beside ``path`` and renamed into place at the
+    end, so an interrupted conversion never leaves a half-written dataset at ``path``. An existing
+    ``path`` is replaced only if it holds nothing but an LMDB written here (``OutputExistsError``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
-        staging.chmod(DIRECTORY_MODE)
+    check_replaceable(path, LMDB_DIRECTORY_ENTRIES, "an LMDB directory written by piwsl")
+    with staging_directory(path) as staging:
         with LmdbWriter(staging) as writer:
             for structure in structures:
                 writer.add(structure)
         replace_directory(staging, path)
+    return writer.count
+
+
+def check_replaceable(path: Path, owned_entries: Collection[str], what: str) -> None:
+    """Raise ``OutputExistsError`` unless ``path`` is absent, an empty directory, or holds only ``owned_entries``."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise OutputExistsError(f"{path} exists and is not a directory; piwsl never deletes what it did not write")
+    if not path.exists():
+        return
+    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in owned_entries)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputExistsError(
+            f"{path} exists and is not {what} (it holds {shown}); piwsl never deletes what it did not write: "
+            "choose another output path"
+        )
+
+
+@contextlib.contextmanager
+def staging_directory(target: Path) -> Iterator[Path]:
+    """A new hidden directory ``.<name>.<random>.partial`` beside ``target``, locked while this attempt lives.
+
+    Staging directories of earlier attempts that were killed (their lock is free) are removed
+    first; on an exception the new one is removed too. The caller renames it into place.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=STAGING_SUFFIX, dir=target.parent))
+    descriptor = os.open(staging, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # an flock on the directory itself follows it through the rename
+        staging.chmod(DIRECTORY_MODE)
+        yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return writer.count
+    finally:
+        os.close(descriptor)
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove the staging directories of ``target`` whose attempt is dead (lock free); return them."""
+    prefix = f".{target.name}."
+    removed = []
+    for candidate in target.parent.glob(f"{prefix}*{STAGING_SUFFIX}"):
+        middle = candidate.name[len(prefix) : -len(STAGING_SUFFIX)]
+        if "." in middle or candidate.is_symlink() or not candidate.is_dir():
+            continue  # another target's staging directory, or not ours
+        descriptor = os.open(candidate, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live attempt
+        finally:
+            os.close(descriptor)
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed.append(candidate)
+    return removed
 
 
 def replace_directory(staging: Path, target: Path) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from importlib.metadata import version
@@ -25,17 +23,62 @@ from ase.data import chemical_symbols
 from tqdm import tqdm
 
 from piwsl.data.formats import FORMATS
-from piwsl.data.lmdb_writer import DIRECTORY_MODE, LmdbWriter, replace_directory
+from piwsl.data.lmdb_writer import (
+    LMDB_DIRECTORY_ENTRIES,
+    LmdbWriter,
+    OutputExistsError,
+    check_replaceable,
+    replace_directory,
+    staging_directory,
+)
 from piwsl.data.references import SelfEnergies, fit_self_energies
 from piwsl.data.source import RecordSource, StructureListSource
 from piwsl.data.splits import default_test_size, make_split
 from piwsl.data.structures import Structure
 from piwsl.data.units import ENERGY_UNIT, FORCE_UNIT, POSITION_UNIT
-from piwsl.data.validation import DataFormatError, check_energy_unit, check_structure
+from piwsl.data.validation import DataFormatError, check_energy_unit, check_label_magnitudes, check_structure
 
 SPLITS = ("train", "val", "test")
 #: Record indices (in the source's order of usable records) of each split, one JSON object.
 SPLIT_INDICES_FILE = "split_indices.json"
+METADATA_FILE = "metadata.json"
+#: Everything a dataset directory written by piwsl holds (``split_request.json``: the experiment runner's).
+DATASET_ENTRIES = frozenset({*SPLITS, METADATA_FILE, SPLIT_INDICES_FILE, "split_request.json"})
+
+
+def is_prepared_dataset(path: Path) -> bool:
+    """Whether ``path`` is a dataset directory written by ``prepare_dataset`` (its ``metadata.json`` says so)."""
+    try:
+        metadata = json.loads((Path(path) / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and {"split_sizes", "units", "source_sha256"} <= set(metadata)
+
+
+def check_output_path(out_dir: Path, source: Path, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` whose replacement could destroy data piwsl did not write (``OutputExistsError``).
+
+    Allowed: an absent path, an empty directory, or (with ``overwrite``) a dataset written by
+    ``prepare_dataset`` holding nothing else. Never allowed: ``out_dir`` equal to, inside, or
+    containing ``source``.
+    """
+    out, src = Path(out_dir).resolve(), Path(source).resolve()
+    if out == src or out in src.parents:
+        raise OutputExistsError(f"--out {out_dir} contains the source {source}; choose an output path outside it")
+    if src in out.parents:
+        raise OutputExistsError(f"--out {out_dir} is inside the source directory {source}; choose a path outside it")
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir()):
+        return
+    if out_dir.exists() or out_dir.is_symlink():
+        if not is_prepared_dataset(out_dir):
+            check_replaceable(out_dir, (), "a dataset prepared by piwsl (no valid metadata.json)")
+        check_replaceable(out_dir, DATASET_ENTRIES, "only a dataset prepared by piwsl")
+        for split in SPLITS:
+            if (out_dir / split).exists():
+                check_replaceable(out_dir / split, LMDB_DIRECTORY_ENTRIES, "an LMDB directory written by piwsl")
+        if not overwrite:
+            raise OutputExistsError(f"{out_dir} is a prepared dataset already; pass --overwrite to replace it")
 
 
 def file_checksum(path: Path) -> str:
@@ -104,6 +147,7 @@ def prepare_dataset(
     train_without_forces: bool = False,
     self_energies: SelfEnergies | str = "none",
     check_units: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Write ``out_dir/{train,val,test}/data.lmdb`` and ``out_dir/metadata.json``; return the metadata.
 
@@ -117,12 +161,14 @@ def prepare_dataset(
         self_energies: ``"fit"`` (least squares on the training split), ``"none"``, or given values.
         check_units: reject energies too large for a total energy in the source's unit
             (``validation.check_energy_unit``).
+        overwrite: replace an existing dataset written here (anything else at ``out_dir`` is refused).
     """
     if not isinstance(records, RecordSource):
         if source is None or data_format is None:
             raise ValueError("structures in memory need source= and data_format= to describe them")
         records = StructureListSource(records, Path(source), data_format)
     out_dir = Path(out_dir)
+    check_output_path(out_dir, records.path, overwrite)
     num_records = records.count()
     if test_size is None:
         format_default = FORMATS[records.data_format].default_test_size
@@ -143,12 +189,14 @@ def prepare_dataset(
         self_energies = SelfEnergies()
     elif not isinstance(self_energies, SelfEnergies):
         raise ValueError(f"self_energies must be 'fit', 'none' or a SelfEnergies, not {self_energies!r}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
-        staging.chmod(DIRECTORY_MODE)
+    with staging_directory(out_dir) as staging:
         statistics, elements, has_forces = _write_splits(
             records, assignment, staging, self_energies, train_without_forces, check_units
+        )
+        unit_warnings = (
+            check_label_magnitudes(statistics, records.energy_unit, self_energies.method != "none", str(records.path))
+            if check_units
+            else []
         )
         metadata = {
             "format": records.data_format,
@@ -171,15 +219,14 @@ def prepare_dataset(
             "train_has_forces": has_forces and not train_without_forces,
             "elements": [chemical_symbols[z] for z in sorted(elements)],
             "unit_check": check_units,
+            "unit_warnings": unit_warnings,
             "piwsl_version": version("piwsl"),
         }
         indices = {name: getattr(split, name).tolist() for name in SPLITS}
         (staging / SPLIT_INDICES_FILE).write_text(json.dumps(indices, separators=(",", ":")) + "\n")
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
+        check_output_path(out_dir, records.path, overwrite)  # what was checked may have changed meanwhile
         replace_directory(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return metadata
 
 

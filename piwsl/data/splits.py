@@ -44,8 +44,9 @@ def make_split(num_records: int, train_size: int, val_size: int, test_size: int,
     set never shrinks to "what is left". Each split's indices are returned sorted (the order
     records are streamed and written in).
     """
-    if train_size < 1 or val_size < 0 or test_size < 0:
-        raise ValueError(f"split sizes must be positive: train={train_size}, val={val_size}, test={test_size}")
+    for name, size in (("train", train_size), ("val", val_size), ("test", test_size)):
+        if size < 1:
+            raise ValueError(f"--{name}-size {size}: split sizes must be positive (every split is needed)")
     if test_size + train_size + val_size > num_records:
         raise ValueError(
             f"{num_records} records cannot hold test={test_size} + train={train_size} + val={val_size}; "

@@ -39,3 +39,19 @@ def energy_magnitude_bound(numbers: np.ndarray) -> float:
     z = np.asarray(numbers, dtype=np.float64)
     per_atom = SCALE_HEADROOM * THOMAS_FERMI_HARTREE * z ** (7.0 / 3.0) + BINDING_ALLOWANCE_HARTREE
     return float(per_atom.sum()) * HARTREE_TO_KCAL_PER_MOL
+
+
+#: Plausibility of a data set's labels (kcal/mol, kcal/mol/Å), beyond the hard bound above.
+#: RMS force component: above 10 eV/Å implausible, above 100 eV/Å not physical for any data set;
+#: below 0.05 kcal/mol/Å only relaxed structures (Hartree/Bohr read as kcal/mol/Å gives ~0.02).
+FORCE_RMS_IMPLAUSIBLE = 10 * EV_TO_KCAL_PER_MOL
+FORCE_RMS_IMPOSSIBLE = 100 * EV_TO_KCAL_PER_MOL
+FORCE_RMS_TINY = 0.05
+#: Total energies per atom (unreferenced, kcal/mol): every molecular method gives hundreds or more
+#: (H atom: 313 exact, ~250 GFN2-xTB; bundled GFN2-xTB aspirin: 1,183); Hartree read as kcal/mol: ~2-30.
+MIN_TOTAL_ENERGY_PER_ATOM = 50.0
+#: ``std(E) / (F_rms * sqrt(3 N) * 1 Å)``: energy spread against the work forces do over 1 Å. Bundled
+#: GFN2-xTB MD at 500 K: 0.023 (aspirin), 0.019 (ethanol); structures rattled by s Å give ~0.7 s.
+#: Energies 23x too small relative to the forces (eV read as kcal/mol) give ~1e-3, 627x (Hartree) ~4e-5.
+ENERGY_FORCE_RATIO_SUSPICIOUS = 2e-3
+ENERGY_FORCE_RATIO_IMPOSSIBLE = 2e-4

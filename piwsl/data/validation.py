@@ -5,10 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 from piwsl.data.structures import Structure
-from piwsl.data.units import KCAL_PER_MOL_PER, energy_magnitude_bound
+from piwsl.data.units import (
+    ENERGY_FORCE_RATIO_IMPOSSIBLE,
+    ENERGY_FORCE_RATIO_SUSPICIOUS,
+    EV_TO_KCAL_PER_MOL,
+    FORCE_RMS_IMPLAUSIBLE,
+    FORCE_RMS_IMPOSSIBLE,
+    FORCE_RMS_TINY,
+    HARTREE_TO_KCAL_PER_MOL,
+    KCAL_PER_MOL_PER,
+    MIN_TOTAL_ENERGY_PER_ATOM,
+    energy_magnitude_bound,
+)
 
 #: Atomic numbers of known elements.
 MAX_ATOMIC_NUMBER = 118
+#: Bohr radius in Å.
+BOHR_IN_ANGSTROM = 0.529177
 #: Smallest cell volume (Å^3) accepted for a periodic structure.
 MIN_CELL_VOLUME = 1e-6
 
@@ -75,3 +88,63 @@ def check_energy_unit(structure: Structure, source_unit: str) -> None:
             f"total energy of these atoms can be (|E| <= {bound:.6g} kcal/mol): the energies are probably not in "
             f"{source_unit}; convert them, or pass --skip-unit-check if they are"
         )
+
+
+def check_label_magnitudes(statistics: dict, source_unit: str, referenced: bool, source: str) -> list[str]:
+    """Plausibility of a split's energies and forces in the unit they were read in; return warnings.
+
+    ``statistics`` is ``prepare.TrainStatistics.to_json()`` (kcal/mol, kcal/mol/Å, after any self
+    energies were subtracted, which ``referenced`` says). Raises ``DataFormatError`` where the
+    evidence is unambiguous: force RMS beyond ``FORCE_RMS_IMPOSSIBLE``, or energies that vary
+    far too little for forces this large (``ENERGY_FORCE_RATIO_IMPOSSIBLE``), which a wrong energy
+    unit gives; warns, showing the numbers, where a wrong unit is only likely.
+    """
+    warnings: list[str] = []
+    skip = "convert the file, or pass --skip-unit-check if the values are right"
+    factor = KCAL_PER_MOL_PER[source_unit]
+    structures, atoms = statistics.get("structures") or 0, statistics.get("atoms") or 0
+    force_rms, energy_std = statistics.get("force_rms"), statistics.get("energy_std")
+    if force_rms is not None and force_rms > 0:
+        raw = f"{force_rms / factor:.4g} {source_unit}/Å as read"
+        if force_rms > FORCE_RMS_IMPOSSIBLE:
+            raise DataFormatError(
+                f"{source}: forces have an RMS of {force_rms:.4g} kcal/mol/Å ({raw}), beyond "
+                f"{FORCE_RMS_IMPOSSIBLE:.0f} kcal/mol/Å (100 eV/Å), which no data set reaches: the forces are "
+                f"probably in a smaller unit than {source_unit}/Å (kcal/mol/Å read as eV/Å would give "
+                f"{force_rms / EV_TO_KCAL_PER_MOL:.4g} kcal/mol/Å); {skip}"
+            )
+        if force_rms > FORCE_RMS_IMPLAUSIBLE:
+            warnings.append(
+                f"{source}: forces have an RMS of {force_rms:.4g} kcal/mol/Å ({raw}), implausibly large "
+                "(> 10 eV/Å); if the file holds kcal/mol/Å read as eV/Å, the RMS is "
+                f"{force_rms / EV_TO_KCAL_PER_MOL:.4g}"
+            )
+        if force_rms < FORCE_RMS_TINY:
+            as_hartree_per_bohr = force_rms / factor * HARTREE_TO_KCAL_PER_MOL / BOHR_IN_ANGSTROM
+            warnings.append(
+                f"{source}: forces have an RMS of {force_rms:.3g} kcal/mol/Å ({raw}), tiny unless the structures "
+                f"are relaxed; in Hartree/Bohr they would be {as_hartree_per_bohr:.4g} kcal/mol/Å"
+            )
+    if force_rms and energy_std is not None and structures >= 10 and atoms > 0:
+        ratio = energy_std / (force_rms * (3 * atoms / structures) ** 0.5)
+        numbers = (
+            f"energies vary by {energy_std:.4g} kcal/mol (std) while the forces' RMS is {force_rms:.4g} kcal/mol/Å "
+            f"on {atoms / structures:.3g} atoms: std(E) / (F_rms sqrt(3N) 1 Å) = {ratio:.2g}, where MD data give "
+            "about 0.01-0.1"
+        )
+        if ratio < ENERGY_FORCE_RATIO_IMPOSSIBLE:
+            raise DataFormatError(
+                f"{source}: {numbers}; the energies are probably in a larger unit than {source_unit} (Hartree: "
+                f"{HARTREE_TO_KCAL_PER_MOL / factor:.4g}x) or the forces in a smaller one; {skip}"
+            )
+        if ratio < ENERGY_FORCE_RATIO_SUSPICIOUS:
+            warnings.append(f"{source}: {numbers}; are the energies and forces in the units assumed?")
+    if not referenced and source_unit == "kcal/mol" and structures and atoms:
+        per_atom = abs(statistics["energy_mean"]) * structures / atoms
+        if per_atom < MIN_TOTAL_ENERGY_PER_ATOM:
+            warnings.append(
+                f"{source}: total energies average {per_atom:.3g} kcal/mol per atom in magnitude, small for total "
+                "energies (hundreds or more per atom); in Hartree they would be "
+                f"{per_atom * HARTREE_TO_KCAL_PER_MOL:.4g} kcal/mol per atom"
+            )
+    return warnings

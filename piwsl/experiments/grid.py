@@ -392,5 +392,12 @@ def load_grid(path: Path) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise GridError(f"grid file not found: {path}")
-    content = yaml.safe_load(path.read_text())
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise GridError(f"{path}: not valid YAML ({getattr(error, 'problem', None) or error}{where})") from None
+    if not isinstance(content, dict):
+        raise GridError(f"{path}: a grid must be a mapping (name:, datasets:, backbones:, methods:, ...)")
     return parse_grid(content, name=path.stem)

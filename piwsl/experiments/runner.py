@@ -45,7 +45,8 @@ from fairchem.core.common.utils import load_config
 from tqdm import tqdm
 
 from piwsl.data.formats import FORMATS
-from piwsl.data.prepare import file_checksum
+from piwsl.data.lmdb_writer import check_replaceable
+from piwsl.data.prepare import DATASET_ENTRIES, file_checksum
 from piwsl.data.splits import default_test_size, default_val_size
 from piwsl.experiments.grid import ROOT, Grid, RunSpec, merge, resolve
 
@@ -267,6 +268,8 @@ def prepare_split(run: RunSpec, paths: Paths) -> Path:
     if (out / "metadata.json").is_file():
         check_split(out, run)
         return out
+    if out.exists():
+        check_replaceable(out, DATASET_ENTRIES, "a partly prepared dataset")  # never what piwsl did not write
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
     try:
@@ -278,6 +281,7 @@ def prepare_split(run: RunSpec, paths: Paths) -> Path:
             staged / SPLIT_REQUEST_FILE, split_request(run) | {"command": portable(prepare_command(run, out))}
         )
         if out.exists() and not (out / "metadata.json").is_file():
+            check_replaceable(out, DATASET_ENTRIES, "a partly prepared dataset")
             shutil.rmtree(out)
         try:
             os.rename(staged, out)
