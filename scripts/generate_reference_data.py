@@ -47,7 +47,7 @@ from typing import Any
 
 from piwsl.datagen.ani1x_like import AniLikeSettings, generate_ani1x_like
 from piwsl.datagen.common import InputError
-from piwsl.datagen.many_molecules import ManyMoleculeSettings, generate_many_molecules
+from piwsl.datagen.many_molecules import FORCE_GUARD_ATTEMPTS, ManyMoleculeSettings, generate_many_molecules
 from piwsl.datagen.md import MD_MOLECULES, MDSettings, generate_md
 from piwsl.datagen.tio2 import TiO2Settings, generate_tio2_xsf
 
@@ -276,6 +276,13 @@ def add_many_parser(sub: argparse._SubParsersAction) -> None:
         help="redraw a rattle if two atoms are closer than this fraction of their covalent-radius sum",
     )
     many.add_argument(
+        "--max-force",
+        type=lambda text: None if text.lower() == "none" else float(text),
+        default=defaults.max_force,
+        help=f"largest force component in eV/Angstrom: a rattle with a larger one is redrawn (at most "
+        f"{FORCE_GUARD_ATTEMPTS} times, then the conformation is left out); 'none' keeps every label",
+    )
+    many.add_argument(
         "--min-heavy-atoms", type=positive_int, default=defaults.min_heavy_atoms, help="fewest C/N/O atoms"
     )
     many.add_argument("--max-heavy-atoms", type=positive_int, default=defaults.max_heavy_atoms, help="most C/N/O atoms")
@@ -310,7 +317,7 @@ def add_many_parser(sub: argparse._SubParsersAction) -> None:
     many.add_argument(
         "--keep-work-dir",
         action="store_true",
-        help="keep the chunk files after the merge (default: remove them)",
+        help="keep the chunk files after the merge (they are removed otherwise)",
     )
     many.add_argument(
         "--out",

@@ -21,10 +21,11 @@ from rdkit import Chem  # noqa: E402
 from piwsl.data.ani1x import Ani1xSource  # noqa: E402
 from piwsl.datagen import many_molecules  # noqa: E402
 from piwsl.datagen.ani1x_like import AniLikeSettings, generate_ani1x_like  # noqa: E402
-from piwsl.datagen.common import InputError  # noqa: E402
+from piwsl.datagen.common import HARTREE_TO_EV, InputError  # noqa: E402
 from piwsl.datagen.many_molecules import (  # noqa: E402
     ManyMoleculeSettings,
     generate_many_molecules,
+    label_molecule,
     rejection_reason,
     sample_molecules,
 )
@@ -175,3 +176,15 @@ def test_many_molecules_resumes_after_a_stop_with_the_result_of_an_uninterrupted
     for name, array in whole_arrays.items():
         np.testing.assert_array_equal(array, resumed_arrays[name], err_msg=name)
     assert whole_provenance == resumed_provenance
+
+
+def test_force_guard_redraws_rattles_with_pinched_bonds():
+    """Without the guard, rattles of 0.06 Angstrom give force components above 6 eV/Angstrom on ethanol."""
+    settings = ManyMoleculeSettings(
+        molecules=1, conformers_per_molecule=4, base_conformers=1, rattle_sigmas=(0.06,), max_force=6.0
+    )
+    guarded = label_molecule(0, "CCO", settings)
+    unguarded = label_molecule(0, "CCO", dataclasses.replace(settings, max_force=None))
+    assert np.abs(unguarded.forces).max() * HARTREE_TO_EV > 6.0 and unguarded.force_redraws == 0
+    assert guarded.status == "ok" and guarded.force_redraws > 0
+    assert np.abs(guarded.forces).max() * HARTREE_TO_EV <= 6.0

@@ -11,7 +11,9 @@ The paper's ANI-1x regime has tens of thousands of distinct molecules, so that a
 2. Conformations: RDKit ETKDGv3 + MMFF94 base conformers (``base_conformers`` per molecule), each
    rattled with Gaussian noise at the amplitudes ``rattle_sigmas`` (Angstrom, used in turn), with a
    minimum-distance guard (no pair closer than ``min_distance_ratio`` times the covalent-radius sum).
-3. Labels: GFN2-xTB energies and forces (tblite), a fresh calculator per conformation.
+3. Labels: GFN2-xTB energies and forces (tblite), a fresh calculator per conformation. A force
+   guard redraws rattles with a force component above ``max_force`` (a pinched bond: the distance
+   guard alone lets a C-H bond shrink to 0.7 Angstrom, which gives forces of 30-60 eV/Angstrom).
 
 Every molecule draws its random numbers from ``numpy.random.default_rng([seed, index])``, so its
 conformations do not depend on chunking, worker count or on the other molecules.
@@ -83,6 +85,9 @@ HEAVY_ELEMENTS = frozenset({"C", "N", "O"})
 MANIFEST = "manifest.json"
 """The work directory's record of the settings its chunks were made with."""
 
+FORCE_GUARD_ATTEMPTS = 10
+"""Rattles drawn per conformation before one whose forces stay below ``max_force`` is given up."""
+
 OK = "ok"
 """Status of a molecule whose conformations were labelled."""
 
@@ -91,7 +96,7 @@ OK = "ok"
 class ManyMoleculeSettings:
     """What the data set holds; every field is recorded in the file (lengths in Angstrom)."""
 
-    molecules: int = 2500
+    molecules: int = 3000
     """Distinct molecules sampled (a few may fail to embed and are listed with their status)."""
     conformers_per_molecule: int = 10
     base_conformers: int = 3
@@ -99,6 +104,9 @@ class ManyMoleculeSettings:
     rattle_sigmas: tuple[float, ...] = (0.01, 0.02, 0.04, 0.06)
     """Rattle standard deviations, used in turn: conformer j gets ``rattle_sigmas[j % len]``."""
     min_distance_ratio: float = 0.65
+    max_force: float | None = 15.0
+    """Largest force component (eV/Angstrom) kept: a rattle with a larger one is redrawn (at most
+    ``FORCE_GUARD_ATTEMPTS`` times, then the conformation is left out); ``None`` keeps every label."""
     min_heavy_atoms: int = 1
     max_heavy_atoms: int = 8
     max_selfies_tokens: int = 12
@@ -111,6 +119,8 @@ class ManyMoleculeSettings:
             raise InputError("molecules, conformers_per_molecule and base_conformers must be >= 1")
         if not self.rattle_sigmas or min(self.rattle_sigmas) < 0:
             raise InputError(f"rattle_sigmas must be one or more amplitudes >= 0 Angstrom, got {self.rattle_sigmas}")
+        if self.max_force is not None and self.max_force <= 0:
+            raise InputError(f"max_force must be > 0 eV/Angstrom or None, got {self.max_force}")
         if not 1 <= self.min_heavy_atoms <= self.max_heavy_atoms:
             raise InputError(
                 f"need 1 <= min_heavy_atoms <= max_heavy_atoms, got {self.min_heavy_atoms}, {self.max_heavy_atoms}"
@@ -139,6 +149,8 @@ class MoleculeConformers:
     energies: np.ndarray
     forces: np.ndarray
     scf_failures: int = 0
+    force_redraws: int = 0
+    """Rattles redrawn because a force component exceeded ``max_force``."""
 
 
 def rejection_reason(mol: Chem.Mol, min_heavy: int, max_heavy: int) -> str | None:
@@ -204,8 +216,10 @@ def label_molecule(index: int, smiles: str, settings: ManyMoleculeSettings) -> M
     rng = np.random.default_rng([settings.seed, index])
     empty = np.empty((0,))
 
-    def failed(status: str) -> MoleculeConformers:
-        return MoleculeConformers(index, status, empty.astype(np.int64), empty, empty, empty)
+    def failed(status: str, scf_failures: int = 0, force_redraws: int = 0) -> MoleculeConformers:
+        return MoleculeConformers(
+            index, status, empty.astype(np.int64), empty, empty, empty, scf_failures, force_redraws
+        )
 
     embed_seed = int(rng.integers(2**31 - 1))
     try:
@@ -214,22 +228,28 @@ def label_molecule(index: int, smiles: str, settings: ManyMoleculeSettings) -> M
         return failed("embedding failed")
     coordinates, energies, forces = [], [], []
     scf_failures = 0
+    force_redraws = 0
     for conformer in range(settings.conformers_per_molecule):
         sigma = settings.rattle_sigmas[conformer % len(settings.rattle_sigmas)]
-        try:
-            atoms = rattle(bases[conformer % len(bases)], sigma, settings.min_distance_ratio, rng)
-        except RuntimeError:
-            return failed("distance guard")
-        try:
-            energy, force = label(atoms, METHOD)
-        except CalculationFailed:
-            scf_failures += 1
-            continue
-        coordinates.append(atoms.positions)
-        energies.append(energy / HARTREE_TO_EV)
-        forces.append(force / HARTREE_TO_EV)
+        for _ in range(FORCE_GUARD_ATTEMPTS):
+            try:
+                atoms = rattle(bases[conformer % len(bases)], sigma, settings.min_distance_ratio, rng)
+            except RuntimeError:
+                return failed("distance guard")
+            try:
+                energy, force = label(atoms, METHOD)
+            except CalculationFailed:
+                scf_failures += 1
+                break
+            if settings.max_force is not None and np.abs(force).max() > settings.max_force:
+                force_redraws += 1
+                continue
+            coordinates.append(atoms.positions)
+            energies.append(energy / HARTREE_TO_EV)
+            forces.append(force / HARTREE_TO_EV)
+            break
     if not energies:
-        return failed("SCF failed")
+        return failed("SCF failed" if scf_failures else "force guard", scf_failures, force_redraws)
     return MoleculeConformers(
         index,
         OK,
@@ -238,6 +258,7 @@ def label_molecule(index: int, smiles: str, settings: ManyMoleculeSettings) -> M
         np.array(energies),
         np.array(forces),
         scf_failures,
+        force_redraws,
     )
 
 
@@ -257,6 +278,7 @@ def _write_chunk(path: Path, results: list[MoleculeConformers]) -> None:
                 index=np.array([r.index for r in results], dtype=np.int64),
                 status=np.array([r.status for r in results]),
                 scf_failures=np.array([r.scf_failures for r in results], dtype=np.int64),
+                force_redraws=np.array([r.force_redraws for r in results], dtype=np.int64),
                 conformers=np.array([len(r.energies) for r in results], dtype=np.int64),
                 natoms=np.array([len(r.numbers) for r in results], dtype=np.int64),
                 numbers=np.concatenate([r.numbers for r in labelled] or [np.empty(0, np.int64)]),
@@ -274,8 +296,14 @@ def _read_chunk(path: Path) -> list[MoleculeConformers]:
         arrays = {key: data[key] for key in data.files}
     results = []
     atom = row = coordinate = 0
-    for index, status, failures, count, natoms in zip(
-        arrays["index"], arrays["status"], arrays["scf_failures"], arrays["conformers"], arrays["natoms"], strict=True
+    for index, status, failures, redraws, count, natoms in zip(
+        arrays["index"],
+        arrays["status"],
+        arrays["scf_failures"],
+        arrays["force_redraws"],
+        arrays["conformers"],
+        arrays["natoms"],
+        strict=True,
     ):
         count, natoms = int(count), int(natoms)
         rows = slice(coordinate, coordinate + count * natoms)
@@ -288,6 +316,7 @@ def _read_chunk(path: Path) -> list[MoleculeConformers]:
                 arrays["energies"][row : row + count],
                 arrays["forces"][rows].reshape(count, natoms, 3),
                 int(failures),
+                int(redraws),
             )
         )
         atom, row, coordinate = atom + natoms, row + count, coordinate + count * natoms
@@ -424,6 +453,8 @@ def _write_h5(
         "molecules_by_status": dict(sorted(statuses.items())),
         "conformations": conformations,
         "scf_failures": sum(result.scf_failures for result in results),
+        "force_redraws": sum(result.force_redraws for result in results),
+        "conformations_left_out": settings.molecules * settings.conformers_per_molecule - conformations,
         "smiles_sha256": smiles_sha256,
         "finite_difference_force_error_hartree_per_angstrom": fd_error / HARTREE_TO_EV,
     }
@@ -468,6 +499,7 @@ def _write_h5(
     return (
         f"wrote {out}: {conformations} conformations of {statuses[OK]} molecules in {len(by_formula)} formulas "
         f"({len(candidates) - statuses[OK]} molecules left out: {dict(statuses - Counter({OK: statuses[OK]}))}), "
-        f"{provenance['scf_failures']} SCF failures skipped, "
+        f"{provenance['scf_failures']} SCF failures skipped, {provenance['force_redraws']} rattles redrawn by the "
+        f"force guard, "
         f"finite-difference force error (first conformation) {fd_error / HARTREE_TO_EV:.2e} Hartree/A"
     )
