@@ -164,6 +164,7 @@ def test_many_molecules_resumes_after_a_stop_with_the_result_of_an_uninterrupted
     assert sorted(p.name for p in (tmp_path / "resumed.h5.work").iterdir()) == ["chunk_00000.npz", "manifest.json"]
     with pytest.raises(InputError, match="other settings .*conformers_per_molecule"):
         generate_many_molecules(resumed, dataclasses.replace(TINY_SET, conformers_per_molecule=3), chunk_size=1)
+    (tmp_path / "resumed.h5.work/.chunk_00001.npz.x.tmp").write_bytes(b"half a chunk")  # a kill while writing
     labelled = []
     original = many_molecules.label_molecule
     monkeypatch.setattr(
@@ -171,6 +172,7 @@ def test_many_molecules_resumes_after_a_stop_with_the_result_of_an_uninterrupted
     )
     generate_many_molecules(resumed, TINY_SET, workers=1, chunk_size=1)
     assert labelled == [1, 2]  # the finished chunk (molecule 0) is not redone
+    assert not (tmp_path / "resumed.h5.work").exists()
     (whole_arrays, whole_provenance), (resumed_arrays, resumed_provenance) = h5_arrays(whole), h5_arrays(resumed)
     assert whole_arrays.keys() == resumed_arrays.keys()
     for name, array in whole_arrays.items():

@@ -39,6 +39,7 @@ import json
 import multiprocessing
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -386,20 +387,17 @@ def generate_many_molecules(
     if stop_after_chunks is not None:
         todo = todo[:stop_after_chunks]
 
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 and todo else None
-    try:
+    # Leaving the pool's context terminates its workers, also on Ctrl-C or an error.
+    parallel = workers > 1 and bool(todo)
+    with multiprocessing.get_context("fork").Pool(workers) if parallel else nullcontext() as pool:
         with tqdm(total=len(candidates), initial=done_molecules, desc=f"{METHOD} molecules", unit="mol") as bar:
             for number in todo:
                 jobs = [(index, candidates[index].smiles, settings) for index in chunks[number]]
                 results = []
-                for result in pool.imap(_label_job, jobs) if pool else map(_label_job, jobs):
+                for result in pool.imap(_label_job, jobs) if parallel else map(_label_job, jobs):
                     results.append(result)
                     bar.update(1)
                 _write_chunk(_chunk_path(work_dir, number), results)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
     missing = [number for number in range(len(chunks)) if not _chunk_path(work_dir, number).exists()]
     if missing:
         return f"stopped with {len(missing)} of {len(chunks)} chunks left in {work_dir}; rerun the command to continue"
@@ -410,6 +408,8 @@ def generate_many_molecules(
         for number in range(len(chunks)):
             _chunk_path(work_dir, number).unlink()
         (work_dir / MANIFEST).unlink()
+        for leftover in work_dir.glob(".chunk_*.tmp"):  # temporary files of a killed run
+            leftover.unlink()
         try:
             work_dir.rmdir()
         except OSError:
