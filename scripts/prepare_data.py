@@ -8,7 +8,11 @@ Energies are stored in kcal/mol, forces in kcal/mol/Angstrom, positions in Angst
 
 Splits: seeded shuffle; the test set is drawn first (10,000 for ani1x/rmd17, 1,000 otherwise, or
 all that is left), so it is the same for every --train-size with the same --seed; then train,
-then validation (--train-size, at least 100, by default).
+then validation (--train-size, at least 100, by default). With --split-by molecule (ani1x only) the
+test set holds whole molecules that no training or validation record shares: a group's per-conformer
+'smiles' dataset where it has one (scripts/generate_reference_data.py many-molecules writes it),
+otherwise the group, which in the ANI-1x release is a formula (so isomers go to the test set
+together). metadata.json records split_by and the number of molecules in each split.
 
 --out must be absent, an empty directory, or (with --overwrite) a dataset this script wrote;
 anything else there is refused, never deleted. Staging directories (.NAME.*.partial beside --out)
@@ -67,6 +71,14 @@ def get_parser() -> argparse.ArgumentParser:
         "train and validation leave, with a warning: that test set changes with N_train)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that defines the splits (default 0)")
+    parser.add_argument(
+        "--split-by",
+        choices=["conformation", "molecule"],
+        default="conformation",
+        help="'conformation': the paper's shuffle of records; 'molecule' (ani1x only): a test set of unseen molecules "
+        "(whole molecules from a group's 'smiles' dataset, or whole groups = formulas without one), drawn first; "
+        "train and validation are conformations of the other molecules (default: conformation)",
+    )
     parser.add_argument(
         "--energy-key",
         default=None,
@@ -131,6 +143,7 @@ def run(args: argparse.Namespace) -> dict:
         self_energies=self_energies,
         check_units=not args.skip_unit_check,
         overwrite=args.overwrite,
+        split_by=args.split_by,
     )
     for warning in metadata["unit_warnings"]:
         print(f"warning: {warning}", file=sys.stderr)

@@ -33,7 +33,7 @@ from piwsl.data.lmdb_writer import (
 )
 from piwsl.data.references import SelfEnergies, fit_self_energies
 from piwsl.data.source import RecordSource, StructureListSource
-from piwsl.data.splits import default_test_size, make_split
+from piwsl.data.splits import Split, default_test_size, make_molecule_split, make_split
 from piwsl.data.structures import Structure
 from piwsl.data.units import ENERGY_UNIT, FORCE_UNIT, POSITION_UNIT
 from piwsl.data.validation import DataFormatError, check_energy_unit, check_label_magnitudes, check_structure
@@ -148,6 +148,7 @@ def prepare_dataset(
     self_energies: SelfEnergies | str = "none",
     check_units: bool = True,
     overwrite: bool = False,
+    split_by: str = "conformation",
 ) -> dict:
     """Write ``out_dir/{train,val,test}/data.lmdb`` and ``out_dir/metadata.json``; return the metadata.
 
@@ -162,6 +163,9 @@ def prepare_dataset(
         check_units: reject energies too large for a total energy in the source's unit
             (``validation.check_energy_unit``).
         overwrite: replace an existing dataset written here (anything else at ``out_dir`` is refused).
+        split_by: ``"conformation"`` (the paper's shuffle of records, ``splits.make_split``) or
+            ``"molecule"`` (a test set of whole molecules no other split has, from the source's
+            ``molecule_ids()``, ``splits.make_molecule_split``).
     """
     if not isinstance(records, RecordSource):
         if source is None or data_format is None:
@@ -179,7 +183,7 @@ def prepare_dataset(
                 f"{format_default}); that test set changes with the training size: pass a test size "
                 "that fits the largest training size to keep it fixed"
             )
-    split = make_split(num_records, train_size, val_size, test_size, seed)
+    split, split_details = _draw_split(records, num_records, train_size, val_size, test_size, seed, split_by)
     assignment = np.zeros(num_records, dtype=np.int8)
     for code, indices in enumerate((split.train, split.val, split.test), start=1):
         assignment[indices] = code
@@ -208,6 +212,7 @@ def prepare_dataset(
             "num_records": num_records,
             "skipped_records": records.skipped(),
             "split_sizes": split.sizes(),
+            **split_details,
             "split_indices_file": SPLIT_INDICES_FILE,
             "train_statistics": statistics,
             "normalizers": {
@@ -228,6 +233,25 @@ def prepare_dataset(
         check_output_path(out_dir, records.path, overwrite)  # what was checked may have changed meanwhile
         replace_directory(staging, out_dir)
     return metadata
+
+
+def _draw_split(
+    records: RecordSource, num_records: int, train_size: int, val_size: int, test_size: int, seed: int, split_by: str
+) -> tuple[Split, dict]:
+    """The split by conformation or by molecule, and what ``metadata.json`` records about it."""
+    if split_by == "conformation":
+        return make_split(num_records, train_size, val_size, test_size, seed), {"split_by": split_by}
+    if split_by != "molecule":
+        raise ValueError(f"split_by must be 'conformation' or 'molecule', not {split_by!r}")
+    molecules = records.molecule_ids()
+    if molecules is None:
+        raise ValueError(
+            f"{records.path}: the {records.data_format} format has no molecule identity; split by "
+            "'conformation' (a split by molecule needs ani1x)"
+        )
+    split = make_molecule_split(molecules, train_size, val_size, test_size, seed)
+    counts = {name: int(np.unique(molecules[getattr(split, name)]).size) for name in SPLITS}
+    return split, {"split_by": split_by, "split_molecules": counts}
 
 
 def _write_splits(
