@@ -106,6 +106,20 @@ def test_studies_share_identical_runs_and_reject_conflicting_ones(tmp_path):
     assert len(parse_grid(content).runs) == 12
 
 
+def test_test_size_per_training_size_reaches_prepare_data(tmp_path):
+    content = grid_content(tmp_path)
+    content["datasets"]["ethanol"]["test_size"] = {16: 20, 32: 12}
+    runs = {run.train_size: run for run in parse_grid(content).runs if run.seed == 0}
+    for train_size, expected in ((16, 20), (32, 12)):
+        run = runs[train_size]
+        assert runner.split_request(run)["test_size"] == expected
+        command = runner.prepare_command(run, tmp_path / "out")
+        assert command[command.index("--test-size") + 1] == str(expected)
+    content["datasets"]["ethanol"]["test_size"] = {16: 20}
+    with pytest.raises(GridError, match="test_size.*N_train 32"):
+        parse_grid(content)
+
+
 def test_grid_errors_name_the_key(tmp_path):
     content = grid_content(tmp_path)
     content["methods"]["baseline"]["overides"] = {}

@@ -47,6 +47,9 @@ class GridError(ValueError):
 class DatasetSpec:
     """How to prepare one data set (``scripts/prepare_data.py``) and where its run configs are.
 
+    ``test_size`` is one number or a mapping N_train -> number (a small source may not hold the
+    same test set beside every training size; the test set is drawn first, so a smaller one is the
+    start of a larger one of the same seed).
     ``val_size``/``test_size`` default to prepare_data.py's protocol (N_train but at least 100;
     10,000 or 1,000); ``split_seed`` fixes the split for every run seed (default: the run's seed).
     """
@@ -57,10 +60,16 @@ class DatasetSpec:
     configs: str
     label: str
     val_size: int | None = None
-    test_size: int | None = None
+    test_size: int | dict[int, int] | None = None
     split_seed: int | None = None
     prepare_args: tuple[str, ...] = ()
     overrides: dict = field(default_factory=dict)
+
+    def test_size_for(self, train_size: int) -> int | None:
+        """The requested test size at ``train_size`` (``None``: prepare_data.py's default)."""
+        if isinstance(self.test_size, dict):
+            return self.test_size[train_size]
+        return self.test_size
 
 
 @dataclass(frozen=True)
@@ -369,6 +378,11 @@ def expand_study(
         study.datasets, study.train_sizes, study.seeds, study.backbones, study.methods
     ):
         data, model, how = datasets[dataset], backbones[backbone], methods[method]
+        if isinstance(data.test_size, dict) and not isinstance(data.test_size.get(train_size), int):
+            raise GridError(
+                f"datasets.{dataset}.test_size = {data.test_size!r} has no integer entry for N_train {train_size} "
+                f"(study {study.name})"
+            )
         overrides = merge(merge(merge(data.overrides, model.overrides), how.overrides), study.overrides)
         name = f"{dataset}-{backbone}-{method}-n{train_size}-s{seed}" + (f"-{study.tag}" if study.tag else "")
         runs.append(

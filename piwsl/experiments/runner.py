@@ -167,7 +167,7 @@ def split_request(run: RunSpec) -> dict[str, Any]:
         "seed": run.split_seed,
         "train_size": run.train_size,
         "val_size": default_val_size(run.train_size) if dataset.val_size is None else dataset.val_size,
-        "test_size": dataset.test_size,
+        "test_size": dataset.test_size_for(run.train_size),
         "energy_only": run.method.energy_only,
         "prepare_args": list(dataset.prepare_args),
     }
@@ -250,8 +250,9 @@ def prepare_command(run: RunSpec, out: Path) -> list[str]:
     ]  # fmt: skip
     if dataset.val_size is not None:
         command += ["--val-size", str(dataset.val_size)]
-    if dataset.test_size is not None:
-        command += ["--test-size", str(dataset.test_size)]
+    test_size = dataset.test_size_for(run.train_size)
+    if test_size is not None:
+        command += ["--test-size", str(test_size)]
     if run.method.energy_only:
         command.append("--energy-only")
     return command + list(dataset.prepare_args)
