@@ -22,3 +22,10 @@ run --study form_1k
 run --study conservative_1k
 run --study energy_only
 .venv/bin/python scripts/aggregate.py results/consistency_form
+.venv/bin/python scripts/consistency_form_report.py --results results/consistency_form
+# Inference cost, direct vs -dE/dr forces (same batch of 8 aspirin test structures, round-robin, 1 thread).
+checkpoints=runs/experiments/consistency_form/checkpoints
+.venv/bin/python scripts/benchmark_inference.py --data datasets/experiments/aspirin-n100-s0/test --batch-size 8 \
+    --repeats 40 --json results/consistency_form/inference_aspirin.json \
+    --model "PaiNN direct, trapezoid C 10=$(echo $checkpoints/aspirin-painn-trapezoid_c10-n100-s0-*/best_checkpoint.pt)" \
+    --model "PaiNN -dE/dr, baseline=$(echo $checkpoints/aspirin-painn_grad-baseline-n100-s0-*/best_checkpoint.pt)"

@@ -75,8 +75,13 @@ def test_consistency_terms_are_formed_in_physical_units(data, tmp_path):
     energy = out["energy"].view(-1).double() * normalizer.rmsd.double()
     forces = trainer.normalizers["forces"](out["forces"]).view(-1, 3)
     std = float(trainer.normalizers["energy"].rmsd)
-    expected = PITCLoss(energy_scale=std)(
-        energy, forces.double(), pending.displaced.energy.double(), pending.displacement.double(), batch.batch
+    expected = PITCLoss(energy_scale=std, form=trainer.piwsl_config.consistency_form)(
+        energy,
+        forces.double(),
+        pending.displaced.energy.double(),
+        pending.displacement.double(),
+        batch.batch,
+        pending.displaced.forces.double(),
     ).mean()
     assert std > 0.5  # real ethanol energies spread over more than a kcal/mol
     assert float(terms["pitc"][1]) == pytest.approx(float(expected), rel=1e-5)
