@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(),
         "implementation": args.label,
         "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT
         ).stdout.strip(),
         "results": rows,
     }
