@@ -1,0 +1,1 @@
+"""Reference-data generators: quantum-chemistry labels for piwsl's data formats."""
