@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from piwsl.data.units import HARTREE_TO_KCAL_PER_MOL
+from piwsl.datagen.sgdml import atomic_write, write_sgdml
 
 #: Å per Bohr (CODATA 2018, as PySCF's ``lib.param.BOHR``).
 BOHR_TO_ANGSTROM = 0.529177210903
@@ -278,21 +278,14 @@ def write_sets(
     their indices in the source file.
     """
     theory = level.theory()
-    common = {"z": numbers.astype(np.uint8), "name": np.array(name), "theory": np.array(theory)}
-    common |= {"r_unit": np.array("Ang"), "e_unit": np.array("kcal/mol")}
     sets = {TRAIN_FILE: (plan.train, False), TEST_FILE: (plan.test, True)}
     for file_name, (indices, with_forces) in sets.items():
-        arrays = dict(common)
-        arrays["R"] = np.stack([positions[int(i)] for i in indices]) if len(indices) else np.zeros((0, len(numbers), 3))
-        arrays["E"] = np.array([labels[(int(i), with_forces)].energy for i in indices], dtype=np.float64)
-        if with_forces:
-            arrays["F"] = (
-                np.stack([labels[(int(i), True)].forces for i in indices])
-                if len(indices)
-                else np.zeros((0, len(numbers), 3))
-            )
-        arrays["source_frames"] = np.asarray(indices, dtype=np.int64)
-        _atomic_write(out_dir / file_name, lambda handle, arrays=arrays: np.savez(handle, **arrays))
+        frames = [int(i) for i in indices]
+        coords = np.array([positions[i] for i in frames]).reshape(len(frames), len(numbers), 3)
+        energies = [labels[(i, with_forces)].energy for i in frames]
+        forces = np.array([labels[(i, True)].forces for i in frames]).reshape(coords.shape) if with_forces else None
+        source_frames = np.asarray(frames, dtype=np.int64)
+        write_sgdml(out_dir / file_name, numbers, coords, energies, forces, name, theory, source_frames=source_frames)
     seconds = [label.seconds for label in labels.values()]
     record = provenance | {
         "theory": theory,
@@ -303,19 +296,5 @@ def write_sets(
         "label_seconds": {"total": round(sum(seconds), 1), "mean": round(float(np.mean(seconds)), 2) if seconds else 0},
     }
     text = json.dumps(record, indent=1) + "\n"
-    _atomic_write(out_dir / PROVENANCE_FILE, lambda handle: handle.write(text.encode()))
+    atomic_write(out_dir / PROVENANCE_FILE, lambda handle: handle.write(text.encode()))
     return record
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through a temporary file in its directory, renamed into place when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(name, 0o644)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
