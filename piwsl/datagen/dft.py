@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from piwsl.data.units import HARTREE_TO_KCAL_PER_MOL
-from piwsl.datagen.sgdml import atomic_write, write_sgdml
+from piwsl.datagen.common import atomic_write
+from piwsl.datagen.sgdml import write_sgdml
 
 #: Å per Bohr (CODATA 2018, as PySCF's ``lib.param.BOHR``).
 BOHR_TO_ANGSTROM = 0.529177210903
@@ -296,5 +297,5 @@ def write_sets(
         "label_seconds": {"total": round(sum(seconds), 1), "mean": round(float(np.mean(seconds)), 2) if seconds else 0},
     }
     text = json.dumps(record, indent=1) + "\n"
-    atomic_write(out_dir / PROVENANCE_FILE, lambda handle: handle.write(text.encode()))
+    atomic_write(out_dir / PROVENANCE_FILE, lambda temporary: temporary.write_text(text))
     return record

@@ -8,13 +8,13 @@ Keys: ``z`` (N,) atomic numbers, ``R`` (M, N, 3) Å, ``E`` (M,) kcal/mol, ``F`` 
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
+
+from piwsl.datagen.common import atomic_write
 
 
 def write_sgdml(
@@ -27,7 +27,7 @@ def write_sgdml(
     theory: str,
     **provenance: np.ndarray | str | float | int,
 ) -> None:
-    """Write the npz ``path`` atomically (``atomic_write``).
+    """Write the npz ``path`` atomically (``piwsl.datagen.common.atomic_write``).
 
     Args:
         numbers: (N,) atomic numbers; coords: (M, N, 3) Å; energies: (M,) kcal/mol;
@@ -52,18 +52,47 @@ def write_sgdml(
     if forces is not None:
         arrays["F"] = np.asarray(forces, dtype=np.float64).reshape(coords.shape)
     arrays |= {key: np.asarray(value) for key, value in provenance.items()}
-    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+
+    def write(temporary: Path) -> None:
+        with temporary.open("wb") as handle:
+            np.savez(handle, **arrays)
+
+    atomic_write(path, write)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temporary file next to ``path``, then rename it to ``path`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def rmd17_to_sgdml(source: Path, out: Path) -> None:
+    """Rewrite an rMD17 npz (``nuclear_charges``, ``coords``, ``energies``, ``forces``) as an sGDML npz.
+
+    The molecule name is ``molecule`` (else the file's stem), the theory ``method`` (else
+    ``"unknown"``); every other array of the file (e.g. the MD settings of
+    ``piwsl.datagen.md.generate_md``) is kept under its own key.
+    """
+    rmd17_keys = {"nuclear_charges", "coords", "energies", "forces", "molecule", "method"}
+    with np.load(source) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    name = str(arrays.get("molecule", source.stem))
+    theory = str(arrays.get("method", "unknown"))
+    provenance = {key: value for key, value in arrays.items() if key not in rmd17_keys}
+    write_sgdml(
+        out,
+        arrays["nuclear_charges"],
+        arrays["coords"],
+        arrays["energies"],
+        arrays.get("forces"),
+        name,
+        theory,
+        **provenance,
+    )
+
+
+def generate_as_sgdml(out: Path, generate: Callable[[Path], str]) -> str:
+    """Run ``generate(path)``, which writes an rMD17 npz to ``path``, and store its result at ``out`` as sGDML.
+
+    The rMD17 file lives in a temporary directory next to ``out``; returns ``generate``'s summary with ``out``.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as directory:
+        rmd17 = Path(directory) / out.name
+        summary = generate(rmd17)
+        rmd17_to_sgdml(rmd17, out)
+    return summary.replace(str(rmd17), str(out)) + " (sGDML layout)"
