@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,32 @@ def test_help_lists_the_sgdml_format_and_its_aliases(capsys):
     for name in ("sgdml", "md17", "md22"):
         assert name in text
     assert "sgdml 'E'" in text and "sgdml 'F'" in text
+
+
+def test_bundled_md22_size_set_prepares_with_42_atoms(tmp_path):
+    src = ROOT / "data/md22_ac_ala3_nhme_gfn2xtb_500K.npz"
+    metadata = prepare("md22", src, tmp_path / "md22", "--test-size", "16")
+    archive = np.load(src)
+    assert str(archive["name"]) == "Ac-Ala3-NHMe" and archive["R"].shape == (1500, 42, 3)
+    assert metadata["elements"] == ["H", "C", "N", "O"] and metadata["split_sizes"]["test"] == 16
+    assert -41_000 < metadata["train_statistics"]["energy_mean"] < -40_000  # GFN2-xTB total, kcal/mol
+    assert 10 < metadata["train_statistics"]["force_rms"] < 60  # kcal/mol/Å at 500 K
+    test = split_records(tmp_path / "md22")["test"]
+    assert all(int(data.natoms) == 42 for data in test)
+
+
+def test_bundled_dft_sets_are_frames_of_their_source_trajectory(tmp_path):
+    directory = ROOT / "data/dft/ethanol_wb97x_631gs"
+    provenance = json.loads((directory / "provenance.json").read_text())
+    source = np.load(ROOT / provenance["source"])
+    assert provenance["pyscf_version"] and provenance["theory"] == "wb97x/6-31g*"
+    train, test = np.load(directory / "train.npz"), np.load(directory / "test.npz")
+    assert not set(train["source_frames"].tolist()) & set(test["source_frames"].tolist())
+    for archive in (train, test):
+        np.testing.assert_array_equal(archive["R"], source["coords"][archive["source_frames"]])
+        np.testing.assert_array_equal(archive["z"], source["nuclear_charges"])
+    assert "F" not in train.files and test["F"].shape == test["R"].shape
+    # ωB97X/6-31G* ethanol is about -154.97 Ha; the GFN2-xTB energies of the same frames are not.
+    assert np.all(np.abs(test["E"] / 627.509474 + 154.97) < 0.05)
+    metadata = prepare("sgdml", directory / "test.npz", tmp_path / "test")
+    assert metadata["train_has_forces"]

@@ -64,5 +64,6 @@ def test_md_cli_sgdml_layout_holds_the_rmd17_layout_arrays(tmp_path, capsys):
         np.testing.assert_array_equal(rmd17[rmd17_key], sgdml[sgdml_key])
     assert str(sgdml["name"]) == "water" and str(sgdml["theory"]) == str(rmd17["method"])
     assert str(sgdml["smiles"]) == "O" and float(sgdml["temperature_K"]) == float(rmd17["temperature_K"])
+    assert "units" not in sgdml.files and str(sgdml["r_unit"]) == "Ang"
     assert SgdmlSource(tmp_path / "sgdml").count() == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rmd17", "sgdml"]  # no temporary directory left

@@ -64,10 +64,10 @@ def rmd17_to_sgdml(source: Path, out: Path) -> None:
     """Rewrite an rMD17 npz (``nuclear_charges``, ``coords``, ``energies``, ``forces``) as an sGDML npz.
 
     The molecule name is ``molecule`` (else the file's stem), the theory ``method`` (else
-    ``"unknown"``); every other array of the file (e.g. the MD settings of
-    ``piwsl.datagen.md.generate_md``) is kept under its own key.
+    ``"unknown"``); ``units`` (names of rMD17 keys) gives way to ``r_unit``/``e_unit``; every other
+    array of the file (e.g. the MD settings of ``piwsl.datagen.md.generate_md``) is kept under its own key.
     """
-    rmd17_keys = {"nuclear_charges", "coords", "energies", "forces", "molecule", "method"}
+    rmd17_keys = {"nuclear_charges", "coords", "energies", "forces", "molecule", "method", "units"}
     with np.load(source) as archive:
         arrays = {key: archive[key] for key in archive.files}
     name = str(arrays.get("molecule", source.stem))
