@@ -22,6 +22,8 @@ The committed files were made with (from the repository root):
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py aspirin-md
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py aspirin-md \
       --molecule ethanol --frames 60 --out tests/data/rmd17_ethanol_gfn2xtb.npz
+  OMP_NUM_THREADS=1 python scripts/generate_reference_data.py aspirin-md \
+      --molecule ethanol --frames 500 --stride 20 --out data/rmd17_ethanol_gfn2xtb_500K.npz
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py md --name Ac-Ala3-NHMe \
       --smiles 'CC(=O)N[C@@H](C)C(=O)N[C@@H](C)C(=O)N[C@@H](C)C(=O)NC' --frames 1500 \
       --timestep-fs 1.0 --stride 5 --equilibration-steps 1000 --layout sgdml \

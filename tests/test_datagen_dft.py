@@ -161,3 +161,18 @@ def test_two_workers_give_the_labels_of_one(tmp_path):
     )
     assert parallel.keys() == serial.keys()
     assert all(parallel[task].energy == serial[task].energy for task in serial)
+
+
+def test_a_failed_scf_names_the_source_frame_and_keeps_the_frames_before_it(tmp_path):
+    positions = {i: WATER + 0.01 * i for i in range(6)}
+    plan = plan_frames(6, 4, 0, seed=0)
+
+    def failing_label(numbers, frame_positions, level, with_forces):
+        if np.isclose(frame_positions[0, 0], 0.01 * int(plan.train[2])):
+            raise DftError("the SCF did not converge")
+        return fake_label(numbers, frame_positions, level, with_forces)
+
+    progress = tmp_path / PROGRESS_FILE
+    with pytest.raises(DftError, match=rf"^source frame {plan.train[2]}: the SCF did not converge$"):
+        label_frames(WATER_NUMBERS, positions, plan, CHEAP, progress, {"level": {}}, compute=failing_label)
+    assert sorted(read_progress(progress)[1]) == sorted((int(i), False) for i in plan.train[:2])

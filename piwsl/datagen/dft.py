@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from piwsl.data.units import HARTREE_TO_KCAL_PER_MOL
 from piwsl.datagen.common import atomic_write
@@ -86,7 +87,7 @@ def check_level(level: DftLevel, elements: Sequence[int]) -> None:
     except (KeyError, ValueError) as error:
         raise DftError(f"functional '{level.functional}' is unknown to PySCF/libxc ({error})") from error
     for number in sorted(set(int(z) for z in elements)):
-        symbol = gto.mole._symbol(number)
+        symbol = chemical_symbols[number]
         try:
             with warnings.catch_warnings():  # PySCF suggests installing basis-set-exchange for unknown names
                 warnings.simplefilter("ignore")
@@ -251,16 +252,30 @@ def _labelled(
     """Yield each task with its label, in order with one worker, as finished with several."""
     if workers <= 1:
         for task in todo:
-            yield task, compute(numbers, positions[task[0]], level, task[1])
+            yield task, _label_frame(compute, numbers, positions[task[0]], level, task)
         return
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        pending = {pool.submit(compute, numbers, positions[task[0]], level, task[1]): task for task in todo}
+        pending = {pool.submit(_label_frame, compute, numbers, positions[task[0]], level, task): task for task in todo}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 yield pending.pop(future), future.result()
+
+
+def _label_frame(
+    compute: Callable[[np.ndarray, np.ndarray, DftLevel, bool], Label],
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    level: DftLevel,
+    task: tuple[int, bool],
+) -> Label:
+    """``compute`` for one frame; a ``DftError`` names the source frame."""
+    try:
+        return compute(numbers, positions, level, task[1])
+    except DftError as error:
+        raise DftError(f"source frame {task[0]}: {error}") from error
 
 
 def write_sets(
