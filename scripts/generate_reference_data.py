@@ -10,6 +10,9 @@ generators live in ``piwsl.datagen``; this is their command line:
   (rMD17) ``.npz`` layout (kcal/mol, kcal/mol/Angstrom).
 * ``ani1x-like``: rattled conformers of ~70 small H/C/N/O molecules labelled
   with GFN2-xTB, saved in the ANI-1x release HDF5 layout (Hartree, Hartree/Angstrom).
+* ``many-molecules``: thousands of random C/H/N/O molecules (SELFIES, RDKit
+  canonical SMILES), rattled and labelled with GFN2-xTB, ANI-1x HDF5 layout with
+  each conformation's SMILES; resumable in chunks.
 * ``tio2-xsf``: rattled and strained rutile/anatase supercells labelled with
   periodic GFN1-xTB, saved as aenet XSF files (eV, eV/Angstrom).
 
@@ -31,11 +34,12 @@ The committed files were made with (from the repository root):
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py ani1x-like
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py ani1x-like \
       --max-formulas 6 --conformers-per-molecule 8 --out tests/data/ani1x_like_small.h5
+  OMP_NUM_THREADS=1 nice -n 15 python scripts/generate_reference_data.py many-molecules
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py tio2-xsf
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py tio2-xsf \
       --structures 12 --out tests/data/tio2_xsf
 
-Requires the ``datagen`` extra (tblite, rdkit), ase (>= 3.29), h5py, numpy and tqdm.
+Requires the ``datagen`` extra (tblite, rdkit, selfies), ase (>= 3.29), h5py, numpy and tqdm.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from typing import Any
 
 from piwsl.datagen.ani1x_like import AniLikeSettings, generate_ani1x_like
 from piwsl.datagen.common import InputError
+from piwsl.datagen.many_molecules import FORCE_GUARD_ATTEMPTS, ManyMoleculeSettings, generate_many_molecules
 from piwsl.datagen.md import MD_MOLECULES, MDSettings, generate_md
 from piwsl.datagen.sgdml import generate_as_sgdml
 from piwsl.datagen.tio2 import TiO2Settings, generate_tio2_xsf
@@ -85,6 +90,19 @@ def run_md(args: argparse.Namespace) -> str:
 def run_ani(args: argparse.Namespace) -> str:
     """Write the ANI-1x-like HDF5; return the summary line."""
     return generate_ani1x_like(args.out, settings_from_args(AniLikeSettings, args))
+
+
+def run_many(args: argparse.Namespace) -> str:
+    """Write (or resume) the many-molecule HDF5; return the summary line."""
+    return generate_many_molecules(
+        args.out,
+        settings_from_args(ManyMoleculeSettings, args),
+        workers=args.workers,
+        chunk_size=args.chunk_size,
+        work_dir=args.work_dir,
+        stop_after_chunks=args.stop_after_chunks,
+        keep_work_dir=args.keep_work_dir,
+    )
 
 
 def run_tio2(args: argparse.Namespace) -> str:
@@ -234,6 +252,99 @@ def add_ani_parser(sub: argparse._SubParsersAction) -> None:
     ani.set_defaults(func=run_ani)
 
 
+def add_many_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``many-molecules`` subcommand."""
+    many = sub.add_parser(
+        "many-molecules",
+        help="thousands of random C/H/N/O molecules (1-8 heavy atoms), GFN2-xTB, ANI-1x HDF5 layout, resumable",
+        description=generate_many_molecules.__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    defaults = ManyMoleculeSettings()
+    many.add_argument(
+        "--molecules",
+        type=positive_int,
+        default=defaults.molecules,
+        help="distinct molecules to sample (deduplicated by RDKit canonical SMILES)",
+    )
+    many.add_argument(
+        "--conformers-per-molecule",
+        type=positive_int,
+        default=defaults.conformers_per_molecule,
+        help="rattled conformations labelled per molecule",
+    )
+    many.add_argument(
+        "--base-conformers",
+        type=positive_int,
+        default=defaults.base_conformers,
+        help="RDKit ETKDGv3 + MMFF94 conformers per molecule that the rattles start from (used in turn)",
+    )
+    many.add_argument(
+        "--rattle-sigmas",
+        type=float,
+        nargs="+",
+        default=list(defaults.rattle_sigmas),
+        help="Gaussian rattle standard deviations in Angstrom, used in turn over a molecule's conformations",
+    )
+    many.add_argument(
+        "--min-distance-ratio",
+        type=float,
+        default=defaults.min_distance_ratio,
+        help="redraw a rattle if two atoms are closer than this fraction of their covalent-radius sum",
+    )
+    many.add_argument(
+        "--max-force",
+        type=lambda text: None if text.lower() == "none" else float(text),
+        default=defaults.max_force,
+        help=f"largest force component in eV/Angstrom: a rattle with a larger one is redrawn (at most "
+        f"{FORCE_GUARD_ATTEMPTS} times, then the conformation is left out); 'none' keeps every label",
+    )
+    many.add_argument(
+        "--min-heavy-atoms", type=positive_int, default=defaults.min_heavy_atoms, help="fewest C/N/O atoms"
+    )
+    many.add_argument("--max-heavy-atoms", type=positive_int, default=defaults.max_heavy_atoms, help="most C/N/O atoms")
+    many.add_argument(
+        "--max-selfies-tokens",
+        type=positive_int,
+        default=defaults.max_selfies_tokens,
+        help="random SELFIES strings have 1 to this many tokens",
+    )
+    many.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of the molecule list, embeddings and rattles"
+    )
+    many.add_argument("--workers", type=positive_int, default=2, help="worker processes labelling molecules")
+    many.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=100,
+        help="molecules per chunk; each finished chunk is saved, so a kill loses at most one chunk",
+    )
+    many.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="directory of the finished chunks (default: OUT.work next to --out); a rerun reuses them",
+    )
+    many.add_argument(
+        "--stop-after-chunks",
+        type=positive_int,
+        default=None,
+        help="stop after this many new chunks without writing --out (a time-boxed run; rerun to continue)",
+    )
+    many.add_argument(
+        "--keep-work-dir",
+        action="store_true",
+        help="keep the chunk files after the merge (they are removed otherwise)",
+    )
+    many.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/many_molecules_gfn2xtb.h5"),
+        help="output HDF5 path",
+    )
+    many.set_defaults(func=run_many)
+
+
 def add_tio2_parser(sub: argparse._SubParsersAction) -> None:
     """The ``tio2-xsf`` subcommand."""
     tio2 = sub.add_parser(
@@ -302,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_md_parser(sub)
     add_ani_parser(sub)
+    add_many_parser(sub)
     add_tio2_parser(sub)
     return parser
 

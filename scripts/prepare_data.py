@@ -7,7 +7,11 @@ Energies are stored in kcal/mol, forces in kcal/mol/Angstrom, positions in Angst
 
 Splits: seeded shuffle; the test set is drawn first (10,000 for ani1x/rmd17/sgdml, 1,000 otherwise, or
 all that is left), so it is the same for every --train-size with the same --seed; then train,
-then validation (--train-size, at least 100, by default).
+then validation (--train-size, at least 100, by default). With --split-by molecule (ani1x only) the
+test set holds whole molecules that no training or validation record shares: a group's per-conformer
+'smiles' dataset where it has one (scripts/generate_reference_data.py many-molecules writes it),
+otherwise the group, which in the ANI-1x release is a formula (so isomers go to the test set
+together). metadata.json records split_by and the number of molecules in each split.
 
 ani1x is streamed (two passes; memory does not grow with the file beyond 4 bytes per conformer).
 Its conformers whose chosen labels are NaN (labels the release lacks, e.g. CCSD(T) energies) are
@@ -63,6 +67,14 @@ def get_parser() -> argparse.ArgumentParser:
         "that is left if fewer); drawn first, so the same for every N_train with the same seed",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that defines the splits (default 0)")
+    parser.add_argument(
+        "--split-by",
+        choices=["conformation", "molecule"],
+        default="conformation",
+        help="'conformation': the paper's shuffle of records; 'molecule' (ani1x only): a test set of unseen molecules "
+        "(whole molecules from a group's 'smiles' dataset, or whole groups = formulas without one), drawn first; "
+        "train and validation are conformations of the other molecules (default: conformation)",
+    )
     parser.add_argument(
         "--energy-key",
         default=None,
@@ -120,6 +132,7 @@ def run(args: argparse.Namespace) -> dict:
         train_without_forces=args.energy_only,
         self_energies=self_energies,
         check_units=not args.skip_unit_check,
+        split_by=args.split_by,
     )
     skipped = {reason: n for reason, n in metadata["skipped_records"].items() if n}
     note = f", skipped {json.dumps(skipped)}" if skipped else ""

@@ -9,6 +9,11 @@ Labels the release does not have for a conformer are stored as NaN (e.g. CCSD(T)
 for a subset only): such conformers are skipped, not an error, and counted in ``skipped()`` under
 the first chosen key (energy, then forces) found NaN. Inf is an error. Memory: ``count()`` keeps
 4 bytes per usable conformer (its row), and reading goes ``block_size`` conformers at a time.
+
+Molecule identity (for a test set of unseen molecules, ``splits.make_molecule_split``): a group's
+``smiles`` dataset (M,) when it has one (``piwsl.datagen.many_molecules`` writes it), otherwise the
+group itself; in the ANI-1x release a group is a formula, so isomers share an identity there and a
+split by molecule is a split by formula.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ NUMBERS_KEY = "atomic_numbers"
 COORDINATES_KEY = "coordinates"
 DEFAULT_ENERGY_KEY = "wb97x_dz.energy"
 DEFAULT_FORCE_KEY = "wb97x_dz.forces"
+#: Optional per-conformer molecule identity (e.g. canonical SMILES) of a group.
+MOLECULE_KEY = "smiles"
 
 
 class Ani1xSource(RecordSource):
@@ -83,6 +90,20 @@ class Ani1xSource(RecordSource):
                     energies = np.asarray(h5[name][self.energy_key][...], dtype=np.float64).reshape(-1)[chosen]
                     for energy in energies:
                         yield numbers, float(energy) * HARTREE_TO_KCAL_PER_MOL
+
+    def molecule_ids(self) -> np.ndarray:
+        """Integer molecule identity of each usable conformer (see the module docstring); after ``count()``."""
+        identities: dict[Any, int] = {}
+        ids = []
+        with self._open() as h5:
+            for name, rows in self._groups:
+                group = h5[name]
+                if MOLECULE_KEY in group:
+                    keys = np.asarray(group[MOLECULE_KEY][...])[rows].tolist()
+                else:
+                    keys = [("group", name)] * rows.size
+                ids.append(np.array([identities.setdefault(key, len(identities)) for key in keys], dtype=np.int64))
+        return np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
 
     def skipped(self) -> dict[str, int]:
         return dict(self._skipped)

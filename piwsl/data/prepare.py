@@ -26,7 +26,7 @@ from tqdm import tqdm
 from piwsl.data.lmdb_writer import DIRECTORY_MODE, LmdbWriter, replace_directory
 from piwsl.data.references import SelfEnergies, fit_self_energies
 from piwsl.data.source import RecordSource, StructureListSource
-from piwsl.data.splits import make_split
+from piwsl.data.splits import Split, make_molecule_split, make_split
 from piwsl.data.structures import Structure
 from piwsl.data.units import ENERGY_UNIT, FORCE_UNIT, POSITION_UNIT
 from piwsl.data.validation import DataFormatError, check_energy_unit, check_structure
@@ -102,6 +102,7 @@ def prepare_dataset(
     train_without_forces: bool = False,
     self_energies: SelfEnergies | str = "none",
     check_units: bool = True,
+    split_by: str = "conformation",
 ) -> dict:
     """Write ``out_dir/{train,val,test}/data.lmdb`` and ``out_dir/metadata.json``; return the metadata.
 
@@ -114,6 +115,9 @@ def prepare_dataset(
         self_energies: ``"fit"`` (least squares on the training split), ``"none"``, or given values.
         check_units: reject energies too large for a total energy in the source's unit
             (``validation.check_energy_unit``).
+        split_by: ``"conformation"`` (the paper's shuffle of records, ``splits.make_split``) or
+            ``"molecule"`` (a test set of whole molecules no other split has, from the source's
+            ``molecule_ids()``, ``splits.make_molecule_split``).
     """
     if not isinstance(records, RecordSource):
         if source is None or data_format is None:
@@ -121,7 +125,7 @@ def prepare_dataset(
         records = StructureListSource(records, Path(source), data_format)
     out_dir = Path(out_dir)
     num_records = records.count()
-    split = make_split(num_records, train_size, val_size, test_size, seed)
+    split, split_details = _draw_split(records, num_records, train_size, val_size, test_size, seed, split_by)
     assignment = np.zeros(num_records, dtype=np.int8)
     for code, indices in enumerate((split.train, split.val, split.test), start=1):
         assignment[indices] = code
@@ -148,6 +152,7 @@ def prepare_dataset(
             "num_records": num_records,
             "skipped_records": records.skipped(),
             "split_sizes": split.sizes(),
+            **split_details,
             "split_indices_file": SPLIT_INDICES_FILE,
             "train_statistics": statistics,
             "normalizers": {
@@ -169,6 +174,25 @@ def prepare_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return metadata
+
+
+def _draw_split(
+    records: RecordSource, num_records: int, train_size: int, val_size: int, test_size: int, seed: int, split_by: str
+) -> tuple[Split, dict]:
+    """The split by conformation or by molecule, and what ``metadata.json`` records about it."""
+    if split_by == "conformation":
+        return make_split(num_records, train_size, val_size, test_size, seed), {"split_by": split_by}
+    if split_by != "molecule":
+        raise ValueError(f"split_by must be 'conformation' or 'molecule', not {split_by!r}")
+    molecules = records.molecule_ids()
+    if molecules is None:
+        raise ValueError(
+            f"{records.path}: the {records.data_format} format has no molecule identity; split by "
+            "'conformation' (a split by molecule needs ani1x)"
+        )
+    split = make_molecule_split(molecules, train_size, val_size, test_size, seed)
+    counts = {name: int(np.unique(molecules[getattr(split, name)]).size) for name in SPLITS}
+    return split, {"split_by": split_by, "split_molecules": counts}
 
 
 def _write_splits(

@@ -49,6 +49,10 @@ class RecordSource(ABC):
         for _, structure in self.records(selected):
             yield structure.numbers, float(structure.energy)
 
+    def molecule_ids(self) -> np.ndarray | None:
+        """Molecule identity of each usable record (n,), for splits by molecule; ``None`` if the format has none."""
+        return None
+
     def skipped(self) -> dict[str, int]:
         """Records left out by ``count()``, by reason (e.g. a missing label stored as NaN)."""
         return {}

@@ -32,8 +32,9 @@ from piwsl.datagen.xtb import all_components, finite_difference_error, tblite_ve
 MD_MOLECULES = {
     "aspirin": "CC(=O)OC1=CC=CC=C1C(=O)O",
     "ethanol": "CCO",
+    "ac_ala3_nhme": "CC(=O)N[C@@H](C)C(=O)N[C@@H](C)C(=O)N[C@@H](C)C(=O)NC",
 }
-"""SMILES of the molecules known by name (``--molecule``)."""
+"""SMILES of the molecules known by name (``--molecule``); Ac-Ala3-NHMe (42 atoms) is MD22's smallest."""
 
 
 @dataclass(frozen=True)

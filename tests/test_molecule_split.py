@@ -1,0 +1,82 @@
+"""Splits by molecule: a test set of unseen molecules, drawn first, the same for every training size."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from trainer_helpers import ETHANOL, ROOT
+
+from piwsl.data.ani1x import Ani1xSource
+from piwsl.data.formats import Rmd17Source
+from piwsl.data.prepare import prepare_dataset
+from piwsl.data.splits import default_val_size, make_molecule_split
+
+ANI1X_SMALL = ROOT / "tests/data/ani1x_like_small.h5"
+
+
+def molecules_of(sizes: list[int]) -> np.ndarray:
+    """Molecule identities of records: molecule m has sizes[m] records, interleaved by a fixed shuffle."""
+    ids = np.repeat(np.arange(len(sizes)), sizes)
+    return np.random.default_rng(99).permutation(ids)
+
+
+def test_test_molecules_appear_in_no_other_split():
+    molecules = molecules_of([3, 7, 1, 12, 5] * 40)
+    split = make_molecule_split(molecules, 150, 100, 200, seed=2)
+    assert [len(split.train), len(split.val)] == [150, 100] and 200 <= len(split.test) < 212
+    assert not set(molecules[split.test]) & set(molecules[np.concatenate([split.train, split.val])])
+    assert len(np.unique(np.concatenate([split.train, split.val, split.test]))) == 250 + len(split.test)
+    assert all(np.all(np.diff(part) > 0) for part in (split.train, split.val, split.test))
+
+
+def test_test_molecules_are_the_same_for_every_training_size_and_training_sets_nest():
+    molecules = molecules_of([4, 9, 2, 6] * 500)
+    splits = [make_molecule_split(molecules, n, default_val_size(n), 2000, seed=5) for n in (50, 200, 1000)]
+    for split in splits[1:]:
+        np.testing.assert_array_equal(split.test, splits[0].test)
+    assert set(splits[0].train) <= set(splits[1].train) <= set(splits[2].train)
+    assert not np.array_equal(make_molecule_split(molecules, 50, 100, 2000, seed=6).test, splits[0].test)
+
+
+def test_molecule_split_shrinks_the_test_set_to_what_is_left_or_fails_clearly():
+    molecules = molecules_of([10] * 10)
+    split = make_molecule_split(molecules, 40, 30, 1000, seed=0)
+    assert len(split.test) == 30  # three whole molecules fit beside train + val
+    with pytest.raises(ValueError, match="cannot hold train=50 \\+ val=45 and a test set of whole molecules"):
+        make_molecule_split(molecules, 50, 45, 10, seed=0)
+
+
+def test_prepare_ani1x_by_molecule_keeps_formula_groups_out_of_train(tmp_path):
+    """The small ANI-1x-like file has no 'smiles' datasets: its formula groups are the molecules."""
+    metadata = prepare_dataset(Ani1xSource(ANI1X_SMALL), tmp_path / "ds", 10, 10, 16, 1, split_by="molecule")
+    assert metadata["split_by"] == "molecule"
+    indices = json.loads((tmp_path / "ds/split_indices.json").read_text())
+    source = Ani1xSource(ANI1X_SMALL)
+    source.count()
+    groups = source.molecule_ids()
+    test_groups = set(groups[indices["test"]])
+    assert test_groups and not test_groups & set(groups[indices["train"] + indices["val"]])
+    assert metadata["split_molecules"]["test"] == len(test_groups) and len(indices["test"]) >= 16
+
+
+def test_split_by_molecule_needs_a_format_with_molecule_identities(tmp_path):
+    with pytest.raises(ValueError, match="rmd17 format has no molecule identity"):
+        prepare_dataset(Rmd17Source(ETHANOL), tmp_path / "ds", 5, 5, 5, 0, split_by="molecule")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_prepare_data_cli_records_the_split_mode(tmp_path):
+    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts/prepare_data.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for mode in ("conformation", "molecule"):
+        out = tmp_path / mode
+        arguments = [
+            "ani1x", "--src", str(ANI1X_SMALL), "--out", str(out), "--train-size", "8", "--val-size", "8",
+            "--test-size", "16", "--self-energies", "none",
+        ]  # fmt: skip
+        assert script.main([*arguments, *(["--split-by", mode] if mode == "molecule" else [])]) == 0
+        assert json.loads((out / "metadata.json").read_text())["split_by"] == mode
