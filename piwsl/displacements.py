@@ -144,38 +144,104 @@ def close_contacts(
 
     Pairs that were already that close before displacing do not count. Periodic structures use the
     minimum-image convention in fractional coordinates (exact for cells wider than twice the
-    distance checked). Cost: one distance per pair of atoms within a structure.
+    distance checked). Cost: a cell-list search (``candidate_pairs``) finds the few pairs within
+    ``min_distance`` after displacing, in O(N log N); only their distances are computed.
     """
-    counts = natoms.long()
-    starts = torch.cumsum(counts, 0) - counts
-    pair_counts = counts * counts
-    pair_structure = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), pair_counts)
-    local = torch.arange(int(pair_counts.sum()), device=counts.device) - torch.repeat_interleave(
-        torch.cumsum(pair_counts, 0) - pair_counts, pair_counts
-    )
-    size = counts[pair_structure]
-    first = starts[pair_structure] + local // size
-    second = starts[pair_structure] + local % size
-    keep = first < second
-    first, second, pair_structure = first[keep], second[keep], pair_structure[keep]
-    cells = cell.view(-1, 3, 3).to(positions.dtype)
-    periodic = pbc.view(-1, 3).bool()
-    identity = torch.eye(3, dtype=positions.dtype, device=positions.device).expand_as(cells)
-    usable = periodic.any(-1).view(-1, 1, 1)
-    inverse = torch.linalg.inv(torch.where(usable, cells, identity))
+    flagged = torch.zeros(natoms.numel(), dtype=torch.bool, device=positions.device)
+    if min_distance <= 0:
+        return flagged
+    geometry = _PairGeometry(cell, pbc, positions.dtype)
+    with torch.no_grad():
+        displaced = positions + displacement
+        first, second = candidate_pairs(displaced, batch_index, geometry.inverse, geometry.periodic, min_distance)
+        pair_structure = batch_index[first]
+        before = geometry.distances(positions, first, second, pair_structure)
+        after = geometry.distances(displaced, first, second, pair_structure)
+    violation = (after < min_distance) & (before >= min_distance)
+    return flagged.index_put((pair_structure[violation],), torch.ones_like(pair_structure[violation], dtype=torch.bool))
 
-    def pair_distances(coordinates: Tensor) -> Tensor:
+
+class _PairGeometry:
+    """Distances between atom pairs of a batch, with the minimum image in fractional coordinates for periodic cells."""
+
+    def __init__(self, cell: Tensor, pbc: Tensor, dtype: torch.dtype) -> None:
+        cells = cell.view(-1, 3, 3).to(dtype)
+        self.periodic = pbc.view(-1, 3).bool()
+        self.usable = self.periodic.any(-1).view(-1, 1, 1)
+        identity = torch.eye(3, dtype=dtype, device=cells.device).expand_as(cells)
+        self.frames = torch.where(self.usable, cells, identity)
+        self.inverse = torch.linalg.inv(self.frames)
+
+    def distances(self, coordinates: Tensor, first: Tensor, second: Tensor, pair_structure: Tensor) -> Tensor:
+        """|r_second - r_first| (P,) in Å, wrapped to the nearest image along periodic directions."""
         vectors = coordinates[second] - coordinates[first]
-        fractional = torch.einsum("pi,pij->pj", vectors, inverse[pair_structure])
-        wrap = periodic[pair_structure].to(vectors.dtype)
+        fractional = torch.einsum("pi,pij->pj", vectors, self.inverse[pair_structure])
+        wrap = self.periodic[pair_structure].to(vectors.dtype)
         fractional = fractional - wrap * torch.round(fractional)
-        wrapped = torch.einsum("pj,pji->pi", fractional, torch.where(usable, cells, identity)[pair_structure])
-        vectors = torch.where(usable[pair_structure].view(-1, 1), wrapped, vectors)
+        wrapped = torch.einsum("pj,pji->pi", fractional, self.frames[pair_structure])
+        vectors = torch.where(self.usable[pair_structure].view(-1, 1), wrapped, vectors)
         return vectors.norm(dim=-1)
 
-    with torch.no_grad():
-        before = pair_distances(positions)
-        after = pair_distances(positions + displacement)
-    violation = (after < min_distance) & (before >= min_distance)
-    flagged = torch.zeros(len(counts), dtype=torch.bool, device=positions.device)
-    return flagged.index_put((pair_structure[violation],), torch.ones_like(pair_structure[violation], dtype=torch.bool))
+
+#: Margin of the cell-list bins over the search radius, Å (float32 rounding of the distances compared).
+_BIN_MARGIN = 1e-3
+#: The 27 bin offsets of a bin and its neighbours.
+_NEIGHBOUR_BINS = torch.cartesian_prod(*[torch.tensor([-1, 0, 1])] * 3)
+
+
+def candidate_pairs(
+    positions: Tensor, batch_index: Tensor, inverse: Tensor, periodic: Tensor, radius: float
+) -> tuple[Tensor, Tensor]:
+    """Atom pairs ``first < second`` of the same structure that may lie within ``radius`` Å (a superset).
+
+    A cell list: atoms are binned along each lattice direction (Cartesian axes for molecules, whose
+    ``inverse`` is the identity) with bins at least ``radius`` wide across; two atoms within
+    ``radius`` of each other, at any periodic image, lie in the same or neighbouring bins (modulo
+    the bin count along periodic directions). Bins are found by sorting and binary search.
+
+    Args:
+        positions: (N, 3) Å; batch_index: (N,) structure of each atom.
+        inverse: (B, 3, 3) inverse of each structure's cell (rows are lattice vectors), or the identity.
+        periodic: (B, 3) periodic directions.
+    """
+    device = positions.device
+    if positions.shape[0] < 2:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty
+    coordinates = positions.detach().to(torch.float64)
+    inverse = inverse.detach().to(torch.float64)
+    periodic = periodic.to(device)
+    fractional = torch.einsum("ni,nij->nj", coordinates, inverse[batch_index])
+    # Two atoms |dx| apart differ in fractional coordinate k by at most |dx| * |column k of inverse|.
+    width = (radius + _BIN_MARGIN) * inverse.norm(dim=1)
+    counts = torch.where(periodic, torch.floor(1 / width).clamp_min(1), torch.ones_like(width)).long()
+    atom_counts, atom_periodic = counts[batch_index], periodic[batch_index]
+    wrapped_bins = torch.floor(torch.remainder(fractional, 1.0) * atom_counts).long().clamp(max=atom_counts - 1)
+    open_bins = torch.floor(fractional / width[batch_index]).long()
+    bins = torch.where(atom_periodic, wrapped_bins, open_bins)
+    lowest = bins.min(0).values - 1
+    span = bins.max(0).values - lowest + 2
+    if (int(batch_index.max()) + 1) * int(span.prod()) >= 2**62:
+        raise ValueError(f"positions span {span.tolist()} bins of {radius} Å: too far apart for a cell list")
+
+    def keys(bin_indices: Tensor, structures: Tensor) -> Tensor:
+        shifted = bin_indices - lowest
+        return ((structures * span[0] + shifted[..., 0]) * span[1] + shifted[..., 1]) * span[2] + shifted[..., 2]
+
+    atom_keys = keys(bins, batch_index)
+    sorted_keys, order = torch.sort(atom_keys)
+    neighbour_bins = bins.unsqueeze(1) + _NEIGHBOUR_BINS.to(device).unsqueeze(0)
+    neighbour_bins = torch.where(
+        atom_periodic.unsqueeze(1), torch.remainder(neighbour_bins, atom_counts.unsqueeze(1)), neighbour_bins
+    )
+    neighbour_keys = keys(neighbour_bins, batch_index.unsqueeze(1)).reshape(-1)
+    starts = torch.searchsorted(sorted_keys, neighbour_keys)
+    sizes = torch.searchsorted(sorted_keys, neighbour_keys, right=True) - starts
+    owner = torch.repeat_interleave(torch.arange(neighbour_keys.numel(), device=device), sizes)
+    offset = torch.arange(owner.numel(), device=device) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
+    first = owner // _NEIGHBOUR_BINS.shape[0]
+    second = order[starts[owner] + offset]
+    keep = first < second
+    # Few bins along a periodic direction make neighbouring bins coincide: count each pair once.
+    unique = torch.unique(first[keep] * positions.shape[0] + second[keep])
+    return unique // positions.shape[0], unique % positions.shape[0]

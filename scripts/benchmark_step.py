@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import json
 import logging
 import shutil
@@ -52,7 +53,10 @@ def get_parser() -> argparse.ArgumentParser:
         "--data",
         type=Path,
         default=ROOT / "data/rmd17_aspirin_gfn2xtb_500K.npz",
-        help="rMD17-format npz with the real molecules to batch (default: bundled GFN2-xTB aspirin)",
+        help="npz with the real molecules to batch (default: bundled GFN2-xTB aspirin, rMD17 layout)",
+    )
+    parser.add_argument(
+        "--format", choices=["rmd17", "sgdml"], default="rmd17", help="layout of --data: rmd17 or sgdml (MD17/MD22)"
     )
     parser.add_argument(
         "--devices", default=None, help="comma-separated devices, e.g. cpu,cuda (default: cpu, plus cuda if present)"
@@ -206,7 +210,7 @@ def benchmark_device(args: argparse.Namespace, device: str, data_dir: Path, work
 
 
 def run(args: argparse.Namespace) -> dict:
-    from piwsl.data.formats import read_rmd17
+    from piwsl.data.formats import open_source
     from piwsl.data.prepare import prepare_dataset
 
     if args.threads is not None:
@@ -216,9 +220,10 @@ def run(args: argparse.Namespace) -> dict:
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        structures = read_rmd17(args.data)
-        count = args.batch_size * 4
-        prepare_dataset(structures[: count + 4], work / "data", count, 2, 2, 0, args.data, "rmd17")
+        source = open_source(args.format, args.data)
+        count = min(args.batch_size * 4, source.count() - 4)
+        structures = [structure for _, structure in itertools.islice(source.records(), count + 4)]
+        prepare_dataset(structures, work / "data", count, 2, 2, 0, args.data, args.format)
         results = [benchmark_device(args, device, work / "data", work) for device in devices]
     summary = {
         "model": args.model,
@@ -228,6 +233,7 @@ def run(args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(),
         "malloc_tuned": malloc_tuned,
         "piwsl_settings": yaml.safe_load(args.piwsl) or {},
+        "data_format": args.format,
         "data": str(args.data.resolve().relative_to(ROOT))
         if args.data.resolve().is_relative_to(ROOT)
         else str(args.data),

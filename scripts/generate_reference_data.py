@@ -25,6 +25,12 @@ The committed files were made with (from the repository root):
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py aspirin-md
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py aspirin-md \
       --molecule ethanol --frames 60 --out tests/data/rmd17_ethanol_gfn2xtb.npz
+  OMP_NUM_THREADS=1 python scripts/generate_reference_data.py aspirin-md \
+      --molecule ethanol --frames 500 --stride 20 --out data/rmd17_ethanol_gfn2xtb_500K.npz
+  OMP_NUM_THREADS=1 python scripts/generate_reference_data.py md --name Ac-Ala3-NHMe \
+      --smiles 'CC(=O)N[C@@H](C)C(=O)N[C@@H](C)C(=O)N[C@@H](C)C(=O)NC' --frames 1500 \
+      --timestep-fs 1.0 --stride 5 --equilibration-steps 1000 --layout sgdml \
+      --out data/md22_ac_ala3_nhme_gfn2xtb_500K.npz
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py ani1x-like
   OMP_NUM_THREADS=1 python scripts/generate_reference_data.py ani1x-like \
       --max-formulas 6 --conformers-per-molecule 8 --out tests/data/ani1x_like_small.h5
@@ -49,6 +55,7 @@ from piwsl.datagen.ani1x_like import AniLikeSettings, generate_ani1x_like
 from piwsl.datagen.common import InputError
 from piwsl.datagen.many_molecules import FORCE_GUARD_ATTEMPTS, ManyMoleculeSettings, generate_many_molecules
 from piwsl.datagen.md import MD_MOLECULES, MDSettings, generate_md
+from piwsl.datagen.sgdml import generate_as_sgdml
 from piwsl.datagen.tio2 import TiO2Settings, generate_tio2_xsf
 
 
@@ -66,7 +73,11 @@ def settings_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def run_md(args: argparse.Namespace) -> str:
-    """Simulate the chosen molecule and write an rMD17 ``.npz``; return the summary line."""
+    """Simulate the chosen molecule and write an rMD17 (or sGDML) ``.npz``; return the summary line."""
+    if args.layout == "sgdml":
+        return generate_as_sgdml(
+            args.out, lambda rmd17: run_md(argparse.Namespace(**(vars(args) | {"layout": "rmd17", "out": rmd17})))
+        )
     settings = settings_from_args(MDSettings, args)
     if args.smiles is not None:
         return generate_md(args.out, args.name or args.smiles, settings, smiles=args.smiles)
@@ -172,6 +183,12 @@ def add_md_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=Path("data/rmd17_aspirin_gfn2xtb_500K.npz"),
         help="output .npz path",
+    )
+    md.add_argument(
+        "--layout",
+        choices=["rmd17", "sgdml"],
+        default="rmd17",
+        help="npz keys: rMD17 (nuclear_charges, coords, energies, forces) or sGDML as MD17/MD22 (z, R, E, F)",
     )
     md.set_defaults(func=run_md)
 

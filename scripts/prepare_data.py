@@ -6,7 +6,7 @@ Writes OUT/train, OUT/val, OUT/test (fairchem LmdbDataset directories) and OUT/m
 references), atomically: a failed run leaves no OUT behind and an existing OUT untouched.
 Energies are stored in kcal/mol, forces in kcal/mol/Angstrom, positions in Angstrom.
 
-Splits: seeded shuffle; the test set is drawn first (10,000 for ani1x/rmd17, 1,000 otherwise, or
+Splits: seeded shuffle; the test set is drawn first (10,000 for ani1x/rmd17/sgdml, 1,000 otherwise, or
 all that is left), so it is the same for every --train-size with the same --seed; then train,
 then validation (--train-size, at least 100, by default). With --split-by molecule (ani1x only) the
 test set holds whole molecules that no training or validation record shares: a group's per-conformer
@@ -27,6 +27,7 @@ in the source unit is rejected as a unit mistake (see --skip-unit-check).
 Examples:
   python scripts/prepare_data.py ani1x --src ani1x-release.h5 --out datasets/ani1x --train-size 1000 --seed 0
   python scripts/prepare_data.py rmd17 --src rmd17_aspirin.npz --out datasets/rmd17_aspirin --train-size 1000
+  python scripts/prepare_data.py md22 --src md22_Ac-Ala3-NHMe.npz --out datasets/md22_ac_ala3 --train-size 1000
   python scripts/prepare_data.py tio2 --src TiO2/ --out datasets/tio2 --train-size 1000
   python scripts/prepare_data.py lmnto --src lmnto.extxyz --out datasets/lmnto --train-size 1000
 """
@@ -53,7 +54,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("format", choices=sorted(FORMATS), help=f"format of --src. {formats}")
     parser.add_argument(
-        "--src", type=Path, required=True, help="input file (ani1x, rmd17, ase, lmnto) or directory (tio2, ase, lmnto)"
+        "--src",
+        type=Path,
+        required=True,
+        help="input file (ani1x, rmd17, sgdml/md17/md22, ase, lmnto) or directory (tio2, ase, lmnto)",
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="output directory; gets train/, val/, test/ LMDBs and metadata.json"
@@ -67,7 +71,7 @@ def get_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="test structures, drawn first: the same for every N_train with the same seed and test size; a source "
-        "too small for it is an error (default: 10,000 for ani1x and rmd17, 1,000 for tio2, lmnto and ase, or what "
+        "too small for it is an error (default: 10,000 for ani1x, rmd17 and sgdml, 1,000 for tio2, lmnto and ase, or what "
         "train and validation leave, with a warning: that test set changes with N_train)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that defines the splits (default 0)")
@@ -83,20 +87,20 @@ def get_parser() -> argparse.ArgumentParser:
         "--energy-key",
         default=None,
         help="dataset/key holding the energies (default: ani1x 'wb97x_dz.energy' in Ha, e.g. 'ccsd(t)_cbs.energy'; "
-        "rmd17 'energies'; ase/lmnto 'energy' from the calculator or atoms.info, in eV); not for tio2",
+        "rmd17 'energies'; sgdml 'E'; ase/lmnto 'energy' from the calculator or atoms.info, in eV); not for tio2",
     )
     parser.add_argument(
         "--force-key",
         default=None,
         help="dataset/key holding the forces (default: ani1x 'wb97x_dz.forces' in Ha/Angstrom; rmd17 'forces'; "
-        "ase/lmnto 'forces' in eV/Angstrom), or 'none' for data without forces; not for tio2",
+        "sgdml 'F'; ase/lmnto 'forces' in eV/Angstrom), or 'none' for data without forces; not for tio2",
     )
     parser.add_argument(
         "--self-energies",
         default=None,
         help="per-element self energies subtracted from every energy: 'fit' (least squares on the training split), "
         "'none', or a JSON file {\"H\": -0.6, ...} in the source file's unit (Ha for ani1x, eV for tio2/lmnto/ase, "
-        "kcal/mol for rmd17). Default: 'none' for rmd17, 'fit' otherwise. Stored in metadata.json",
+        "kcal/mol for rmd17 and sgdml). Default: 'none' for rmd17 and sgdml, 'fit' otherwise. Stored in metadata.json",
     )
     parser.add_argument(
         "--energy-only",

@@ -28,7 +28,9 @@ def test_help_explains_every_flag(capsys):
         assert fmt in text
 
 
-@pytest.mark.parametrize("dataset, fmt", [("ani1x", "ani1x"), ("rmd17", "rmd17"), ("tio2", "tio2"), ("lmnto", "lmnto")])
+@pytest.mark.parametrize(
+    "dataset, fmt", [("ani1x", "ani1x"), ("rmd17", "rmd17"), ("md22", "md22"), ("tio2", "tio2"), ("lmnto", "lmnto")]
+)
 def test_dataset_base_config_points_at_what_its_command_prepares(dataset, fmt):
     config = yaml.safe_load((ROOT / f"configs/{dataset}/base.yml").read_text())
     assert config["includes"] == ["../common.yml"]

@@ -1,6 +1,7 @@
 """Readers of the reference-data formats; each yields ``Structure`` records in kcal/mol and Å.
 
-Formats (``FORMATS``): ``ani1x`` (HDF5, see ``piwsl.data.ani1x``), ``rmd17`` (npz), ``tio2``
+Formats (``FORMATS``): ``ani1x`` (HDF5, see ``piwsl.data.ani1x``), ``rmd17`` (npz), ``sgdml``
+(the MD17/MD22 npz of sGDML, also named ``md17`` and ``md22``), ``tio2``
 (a directory of aenet XSF files), and ``lmnto``/``ase`` (anything ASE reads: extxyz, traj, db;
 XSF files among them are read as aenet XSF).
 """
@@ -29,6 +30,11 @@ RMD17_NUMBERS_KEY = "nuclear_charges"
 RMD17_COORDS_KEY = "coords"
 RMD17_ENERGY_KEY = "energies"
 RMD17_FORCE_KEY = "forces"
+#: Keys of an sGDML npz (MD17, MD22): atomic numbers, positions, energies (frames,) or (frames, 1), forces.
+SGDML_NUMBERS_KEY = "z"
+SGDML_COORDS_KEY = "R"
+SGDML_ENERGY_KEY = "E"
+SGDML_FORCE_KEY = "F"
 
 #: The aenet energy comment, e.g. ``# total energy = -19960.785107 eV``.
 XSF_ENERGY = re.compile(r"#\s*total\s+energy\s*=\s*(\S+)\s*(\S*)", re.IGNORECASE)
@@ -52,6 +58,8 @@ class Rmd17Source(RecordSource):
 
     data_format = "rmd17"
     energy_unit = "kcal/mol"
+    numbers_key = RMD17_NUMBERS_KEY
+    coords_key = RMD17_COORDS_KEY
 
     def __init__(self, path: Path, energy_key: str = RMD17_ENERGY_KEY, force_key: str | None = RMD17_FORCE_KEY) -> None:
         self.path = Path(path)
@@ -66,26 +74,31 @@ class Rmd17Source(RecordSource):
         except (OSError, ValueError) as error:
             raise DataFormatError(f"{path}: not a readable npz file ({error})") from error
         with archive:
-            wanted = [RMD17_NUMBERS_KEY, RMD17_COORDS_KEY, self.energy_key] + (
-                [self.force_key] if self.force_key else []
-            )
+            wanted = [self.numbers_key, self.coords_key, self.energy_key] + ([self.force_key] if self.force_key else [])
             missing = [key for key in wanted if key not in archive.files]
             if missing:
-                raise DataFormatError(f"{path}: missing key(s) {missing}; the file has {sorted(archive.files)}")
-            numbers = np.asarray(archive[RMD17_NUMBERS_KEY]).astype(np.int64)
-            coords = np.asarray(archive[RMD17_COORDS_KEY], dtype=np.float64)
+                raise DataFormatError(
+                    f"{path}: missing key(s) {missing}; the file has {sorted(archive.files)}"
+                    + _npz_layout_hint(archive.files, self.data_format)
+                )
+            numbers = np.asarray(archive[self.numbers_key]).astype(np.int64)
+            coords = np.asarray(archive[self.coords_key], dtype=np.float64)
             energies = np.asarray(archive[self.energy_key], dtype=np.float64)
             forces = np.asarray(archive[self.force_key], dtype=np.float64) if self.force_key else None
         if numbers.ndim != 1:
-            raise DataFormatError(f"{path}: {RMD17_NUMBERS_KEY} has shape {numbers.shape}, expected (N,)")
+            raise DataFormatError(f"{path}: {self.numbers_key} has shape {numbers.shape}, expected (N,)")
         num_atoms = numbers.shape[0]
         if coords.ndim != 3 or coords.shape[1:] != (num_atoms, 3):
-            raise DataFormatError(f"{path}: {RMD17_COORDS_KEY} has shape {coords.shape}, expected (M, {num_atoms}, 3)")
+            raise DataFormatError(
+                f"{path}: {self.coords_key} has shape {coords.shape}, expected (M, {num_atoms}, 3) "
+                f"with {num_atoms} atoms as in {self.numbers_key}"
+            )
         if forces is not None and forces.shape != coords.shape:
             raise DataFormatError(f"{path}: {self.force_key} has shape {forces.shape}, expected {coords.shape}")
         if energies.shape not in ((coords.shape[0],), (coords.shape[0], 1)):
             raise DataFormatError(
-                f"{path}: {self.energy_key} has shape {energies.shape}, expected ({coords.shape[0]},) like coords"
+                f"{path}: {self.energy_key} has shape {energies.shape}, expected ({coords.shape[0]},) or "
+                f"({coords.shape[0]}, 1) like {self.coords_key}"
             )
         for what, values in (("positions", coords), ("energy", energies), ("forces", forces)):
             if values is not None:  # every frame, also those no split takes
@@ -110,6 +123,32 @@ class Rmd17Source(RecordSource):
 
     def settings(self) -> dict[str, Any]:
         return super().settings() | {"energy_key": self.energy_key, "force_key": self.force_key}
+
+
+class SgdmlSource(Rmd17Source):
+    """An sGDML npz (MD17, MD22): ``z`` (N,), ``R`` (M, N, 3) Å, ``E`` (M,) or (M, 1) kcal/mol, ``F`` kcal/mol/Å.
+
+    sGDML files carry more keys (``name``, ``theory``, ``md5``, ...); they are not read.
+    """
+
+    data_format = "sgdml"
+    numbers_key = SGDML_NUMBERS_KEY
+    coords_key = SGDML_COORDS_KEY
+
+    def __init__(self, path: Path, energy_key: str = SGDML_ENERGY_KEY, force_key: str | None = SGDML_FORCE_KEY) -> None:
+        super().__init__(path, energy_key, force_key)
+
+
+#: Atomic-number and position keys that identify each npz layout, for hints in errors.
+NPZ_LAYOUTS = {"rmd17": (RMD17_NUMBERS_KEY, RMD17_COORDS_KEY), "sgdml": (SGDML_NUMBERS_KEY, SGDML_COORDS_KEY)}
+
+
+def _npz_layout_hint(keys: list[str], data_format: str) -> str:
+    """``"; it looks like an X npz: use format X"`` when ``keys`` match another npz layout, else ``""``."""
+    for name, layout_keys in NPZ_LAYOUTS.items():
+        if name != data_format and all(key in keys for key in layout_keys):
+            return f"; it looks like an {name} npz: use format {name}"
+    return ""
 
 
 def read_rmd17(path: Path) -> list[Structure]:
@@ -368,6 +407,17 @@ FORMATS = {
         True,
     ),
     "rmd17": FormatSpec(Rmd17Source, "rMD17 npz (kcal/mol, kcal/mol/Angstrom)", 10_000, "none", True),
+    **{
+        name: FormatSpec(
+            SgdmlSource,
+            "sGDML npz of MD17/MD22 (keys z, R, E, F; kcal/mol, kcal/mol/Angstrom)"
+            + ("" if name == "sgdml" else "; same as sgdml"),
+            10_000,
+            "none",
+            True,
+        )
+        for name in ("sgdml", "md17", "md22")
+    },
     "tio2": FormatSpec(
         XsfDirectorySource, "directory of aenet XSF files (eV, eV/Angstrom), periodic", 1_000, "fit", False
     ),
