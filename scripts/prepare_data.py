@@ -70,9 +70,9 @@ def get_parser() -> argparse.ArgumentParser:
         "--test-size",
         type=int,
         default=None,
-        help="test structures, drawn first: the same for every N_train with the same seed and test size; a source "
-        "too small for it is an error (default: 10,000 for ani1x, rmd17 and sgdml, 1,000 for tio2, lmnto and ase, or what "
-        "train and validation leave, with a warning: that test set changes with N_train)",
+        help="test structures, drawn first: the same for every N_train with the same seed and test size; a "
+        "source too small for it is an error (default: 10,000 for ani1x, rmd17 and sgdml, 1,000 for tio2, lmnto "
+        "and ase, or what train and validation leave, with a warning: that test set changes with N_train)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that defines the splits (default 0)")
     parser.add_argument(
