@@ -39,6 +39,8 @@ from piwsl.config import PIWSLConfig, PIWSLConfigError
 from piwsl.config_checks import ConfigKeyError, check_config, check_model_keys, check_overrides, closest
 from piwsl.cpu_memory import tune_malloc_for_tensors
 from piwsl.dataset_checks import DatasetError, check_readable, check_splits, check_units
+from piwsl.finetune import OPTIM_KEY as FINETUNE_KEY
+from piwsl.finetune import FinetuneConfig, FinetuneError
 from piwsl.run_lock import RunLockedError, locked_run
 from piwsl.slurm import SlurmError, check_slurm_tools, cpu_job_config, expand_sweep
 from piwsl.step_guard import TrainingDiverged
@@ -79,6 +81,7 @@ INPUT_ERRORS = (
     DatasetError,
     RunLockedError,
     SlurmError,
+    FinetuneError,
 )
 #: Runs that failed on the way (diverged, output not writable): one line, exit code 1.
 RUN_ERRORS = (TrainingDiverged, OutputError)
@@ -179,6 +182,15 @@ def get_parser() -> argparse.ArgumentParser:
         type=Path,
         help="Alias of --config-yml: path to the YAML config (includes: are resolved relative to it).",
     )
+    parser.add_argument(
+        "--finetune-from",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="Start from the model weights of this checkpoint (piwsl's or fairchem's, same backbone and size) "
+        "with a fresh optimizer, schedule and normalizers: sets finetune.checkpoint (see the config's "
+        "'finetune' section for freezing parameters).",
+    )
     return parser
 
 
@@ -190,6 +202,12 @@ def prepare_config(config: dict) -> dict:
     units = config.pop(UNITS_KEY, None)
     section = config.pop("piwsl", None)
     optim = config.setdefault("optim", {})
+    finetune = config.pop(FINETUNE_KEY, None)
+    if finetune is not None:
+        settings = FinetuneConfig.from_dict(finetune)
+        if not Path(settings.checkpoint).is_file():
+            raise ConfigError(f"finetune.checkpoint not found: {settings.checkpoint}")
+        optim[FINETUNE_KEY] = finetune
     if section is not None and "piwsl" in optim:
         raise ConfigError("the piwsl settings are given twice, top-level 'piwsl' and 'optim.piwsl': keep one")
     if section is not None:
@@ -313,11 +331,15 @@ def read_config(args: argparse.Namespace, overrides: list[str]) -> dict:
     if not isinstance(content, dict):
         raise ConfigError(f"{args.config_yml}: a config must be a mapping of sections (model:, optim:, ...)")
     try:
-        return build_config(args, overrides)
+        config = build_config(args, overrides)
     except yaml.YAMLError as error:
         raise ConfigError(f"an included config is not valid YAML ({yaml_problem(error)})") from None
     except (ValueError, AttributeError) as error:  # fairchem's include errors
         raise ConfigError(f"{args.config_yml}: {error}") from None
+    if getattr(args, "finetune_from", None) is not None:
+        section = config.get(FINETUNE_KEY) or {}
+        config[FINETUNE_KEY] = (section if isinstance(section, dict) else {}) | {"checkpoint": str(args.finetune_from)}
+    return config
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:

@@ -24,7 +24,7 @@ TOP_LEVEL_KEYS = frozenset({
     "slurm", "hide_eval_progressbar", "use_cuda_visibile_devices", "includes",
     "mode", "identifier", "timestamp_id", "seed", "is_debug", "run_dir", "print_every", "amp", "checkpoint", "cpu",
     "submit", "summit", "world_size", "distributed_backend", "gp_gpus", "local_rank",
-    "piwsl", "units", "dataset_preparation",
+    "piwsl", "units", "dataset_preparation", "finetune",
 })  # fmt: skip
 #: ``optim`` keys read by fairchem 1.3.0's base and OCP trainers, its warm-up schedule and piwsl.
 OPTIM_KEYS = frozenset({
@@ -32,7 +32,7 @@ OPTIM_KEYS = frozenset({
     "max_epochs", "eval_every", "checkpoint_every", "clip_grad_norm", "ema_decay", "scheduler", "scheduler_params",
     "warmup_steps", "warmup_factor", "lr_gamma", "lr_milestones", "energy_coefficient", "force_coefficient",
     "loss_energy", "loss_forces", "load_balancing", "load_balancing_on_error", "load_datasets_and_model_then_exit",
-    "max_steps", "piwsl",
+    "max_steps", "piwsl", "finetune",
 })  # fmt: skip
 #: ``optim`` numbers: (integer only, whether ``0`` is allowed, allowed values in words). ``max_epochs: 0``
 #: builds a trainer that trains nothing (used to save untrained models); ``max_steps`` counts steps to train.

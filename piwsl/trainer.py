@@ -41,6 +41,8 @@ from piwsl.displacements import (
     RandomDisplacementSampler,
     close_contacts,
 )
+from piwsl.finetune import OPTIM_KEY as FINETUNE_KEY
+from piwsl.finetune import FinetuneConfig, start_from_checkpoint
 from piwsl.losses import PISCLoss, PITCLoss, WeakLabelLoss
 from piwsl.neighbours import warn_if_truncated
 from piwsl.progress import TrainingProgress
@@ -106,6 +108,9 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
         self._setup_checkpoints()
         self._setup_step_guard(self.piwsl_config.max_nonfinite_steps)
         self._record_training_data()
+        finetune = optimizer.get(FINETUNE_KEY)
+        if finetune is not None and getattr(self, "train_dataset", None) is not None:  # not for inference-only
+            start_from_checkpoint(self, FinetuneConfig.from_dict(finetune))
         common = {
             "loss": self.piwsl_config.pointwise_loss,
             "energy_scale": self.energy_scale,

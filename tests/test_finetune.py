@@ -1,0 +1,135 @@
+"""Fine-tuning from a checkpoint: weights loaded (EMA or raw), fresh optimizer, freezing, mismatch errors, resume."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from trainer_helpers import make_trainer, prepare_ethanol, tiny_config
+
+from piwsl.cli import main
+from piwsl.finetune import FinetuneError
+from piwsl.training_data import TRAINING_DATA_KEY
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny PaiNN trained one epoch on ethanol (GFN2-xTB); its checkpoint and the data."""
+    directory = tmp_path_factory.mktemp("pretrain")
+    data = prepare_ethanol(directory)
+    config = tiny_config(data, directory, {"method": "baseline"})
+    config["optim"]["max_epochs"] = 1
+    trainer = make_trainer(config)
+    trainer.train(disable_eval_tqdm=True)
+    checkpoint = Path(trainer.save(checkpoint_file="best_checkpoint.pt", training_state=False))  # EMA weights
+    trainer.save(checkpoint_file="checkpoint.pt", training_state=True)  # raw weights and the EMA's
+    del trainer
+    return checkpoint, data
+
+
+def finetune_config(data: Path, run_dir: Path, checkpoint: Path, **section) -> dict:
+    config = tiny_config(data, run_dir, {"method": "piwsl"})
+    config["optim"]["finetune"] = {"checkpoint": str(checkpoint)} | section
+    return config
+
+
+def stripped(state: dict) -> dict:
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+@pytest.mark.parametrize("weights", ["raw", "ema"])
+def test_the_model_starts_from_the_checkpoint_with_a_fresh_optimizer(pretrained, tmp_path, weights):
+    checkpoint, data = pretrained
+    checkpoint = checkpoint.parent / "checkpoint.pt"  # a training checkpoint: raw weights and their average
+    saved = torch.load(checkpoint, weights_only=False)
+    trainer = make_trainer(finetune_config(data, tmp_path, checkpoint, weights=weights))
+    model = trainer._unwrapped_model
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]  # what EMA averages
+    if weights == "raw":
+        expected = [stripped(saved["state_dict"])[name] for name, _ in trainable]
+    else:
+        expected = saved["ema"]["shadow_params"]
+    loaded = [parameter.detach() for _, parameter in trainable]
+    assert all(torch.equal(a, b) for a, b in zip(loaded, expected, strict=True))
+    assert trainer.step == 0 and len(trainer.optimizer.state) == 0
+    assert all(torch.equal(a, b) for a, b in zip(trainer.ema.shadow_params, loaded, strict=True))  # EMA restarted
+    raw = stripped(saved["state_dict"])
+    if weights == "ema":  # the average differs from the raw weights after an epoch of training
+        assert any(not torch.equal(raw[name], p) for name, p in model.named_parameters())
+
+
+def test_frozen_parameters_stay_as_loaded(pretrained, tmp_path):
+    checkpoint, data = pretrained
+    first_module = next(iter(stripped(torch.load(checkpoint, weights_only=False)["state_dict"]))).split(".")[0]
+    trainer = make_trainer(finetune_config(data, tmp_path, checkpoint, freeze=[f"{first_module}.*"]))
+    before = {name: p.detach().clone() for name, p in trainer._unwrapped_model.named_parameters()}
+    trainer.train(disable_eval_tqdm=True)
+    after = dict(trainer._unwrapped_model.named_parameters())
+    frozen = [name for name in before if name.startswith(f"{first_module}.")]
+    assert frozen and all(torch.equal(before[name], after[name]) for name in frozen)
+    assert any(not torch.equal(before[name], after[name]) for name in before if name not in frozen)
+    with pytest.raises(FinetuneError, match="matches no parameter"):
+        make_trainer(finetune_config(prepare_ethanol(tmp_path / "bad"), tmp_path / "bad", checkpoint, freeze=["x.*"]))
+
+
+def altered_checkpoint(checkpoint: Path, out: Path, change) -> Path:
+    saved = torch.load(checkpoint, weights_only=False)
+    change(saved)
+    torch.save(saved, out)
+    return out
+
+
+def test_other_sizes_units_and_new_elements_are_named(pretrained, tmp_path):
+    """Each case on its own copy of the data: a trainer that failed half-built keeps its LMDBs open."""
+    checkpoint, _ = pretrained
+
+    def data_for(case: str) -> Path:
+        return prepare_ethanol(tmp_path / case)
+
+    config = finetune_config(data_for("size"), tmp_path / "size", checkpoint)
+    config["model"] = config["model"] | {"hidden_channels": 16}
+    with pytest.raises(FinetuneError, match="does not fit.*model.hidden_channels: 32 in the checkpoint, 16 here"):
+        make_trainer(config)
+
+    def in_ev(saved):
+        saved["config"][TRAINING_DATA_KEY]["units"]["energy"] = "eV"
+
+    ev = altered_checkpoint(checkpoint, tmp_path / "ev.pt", in_ev)
+    with pytest.raises(FinetuneError, match="energy in eV.*kcal/mol"):
+        make_trainer(finetune_config(data_for("units"), tmp_path / "units", ev))
+
+    def without_oxygen(saved):
+        saved["config"][TRAINING_DATA_KEY]["elements"] = [1, 6]
+
+    no_o = altered_checkpoint(checkpoint, tmp_path / "no_o.pt", without_oxygen)
+    with pytest.raises(FinetuneError, match="element.*O.*allow_new_elements"):
+        make_trainer(finetune_config(data_for("elements"), tmp_path / "elements", no_o))
+    make_trainer(finetune_config(data_for("allowed"), tmp_path / "allowed", no_o, allow_new_elements=True))
+
+
+def test_main_fine_tunes_from_the_flag_and_a_rerun_resumes_its_own_checkpoint(pretrained, tmp_path, capsys):
+    checkpoint, _ = pretrained
+    data = prepare_ethanol(tmp_path)  # a copy: main.py checks its LMDBs, which the pretraining trainer may hold
+    config = tiny_config(data, tmp_path, {"method": "piwsl"})
+    config["optim"].update({"max_epochs": 1})
+    config = {k: v for k, v in config.items() if k not in ("run_dir", "identifier", "timestamp_id", "seed", "cpu")}
+    path = tmp_path / "finetune.yml"
+    path.write_text(yaml.safe_dump(config))
+    command = ["--mode", "train", "--config", str(path), "--cpu", "--run-dir", str(tmp_path / "runs")]
+    assert main([*command, "--finetune-from", str(checkpoint)]) == 0
+    checkpoints = list((tmp_path / "runs/checkpoints").glob("*/checkpoint.pt"))
+    assert len(checkpoints) == 1
+    first = torch.load(checkpoints[0], weights_only=False)
+    assert first["config"]["optim"]["finetune"]["checkpoint"] == str(checkpoint) and first["step"] > 0
+    gc.collect()  # the first run's trainer, in reference cycles, still holds the LMDBs of this process
+    assert main([*command, "--finetune-from", str(checkpoint)]) == 0  # resumes: nothing more to train
+    again = torch.load(checkpoints[0], weights_only=False)
+    assert again["step"] == first["step"]
+    assert all(
+        torch.equal(a, b) for a, b in zip(first["state_dict"].values(), again["state_dict"].values(), strict=True)
+    )
+    assert main([*command, "--finetune-from", str(tmp_path / "missing.pt")]) == 2
+    assert "finetune.checkpoint not found" in capsys.readouterr().err
