@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Time ``close_contacts`` against a whole PIWSL training step, for molecules of about 40, 100 and 400 atoms.
 
 The PIWSL trainer checks every random displacement for atoms pushed closer than ``min_distance``

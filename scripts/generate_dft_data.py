@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Label frames of an existing trajectory with DFT (PySCF): energies for training, energies and forces for testing.
 
 Reads the frames of --src (any format prepare_data.py reads, e.g. an rMD17 or sGDML npz from
