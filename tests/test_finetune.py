@@ -133,3 +133,32 @@ def test_main_fine_tunes_from_the_flag_and_a_rerun_resumes_its_own_checkpoint(pr
     )
     assert main([*command, "--finetune-from", str(tmp_path / "missing.pt")]) == 2
     assert "finetune.checkpoint not found" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_fairchems_own_trainer_and_painn_fine_tunes(tmp_path):
+    """fairchem's OCPTrainer with its own PaiNN writes the checkpoint; piwsl's PaiNN starts from it."""
+    from fairchem.core.trainers import OCPTrainer
+
+    from piwsl.cli import prepare_config
+
+    data = prepare_ethanol(tmp_path)
+    config = prepare_config(tiny_config(data, tmp_path / "fairchem", {"method": "baseline"}))
+    config["model"] = config["model"] | {"name": "painn"}
+    config["optim"]["max_epochs"] = 1
+    config["optim"].pop("piwsl", None)
+    trainer = OCPTrainer(
+        task={}, model=config["model"], outputs=config["outputs"], dataset=config["dataset"],
+        optimizer=config["optim"], loss_functions=config["loss_functions"],
+        evaluation_metrics=config["evaluation_metrics"], identifier="fairchem", run_dir=str(tmp_path / "fairchem"),
+        seed=0, logger="tensorboard", local_rank=0, cpu=True, name="ocp",
+    )  # fmt: skip
+    trainer.train(disable_eval_tqdm=True)
+    checkpoint = Path(trainer.save(checkpoint_file="checkpoint.pt", training_state=True))
+    weights = stripped(torch.load(checkpoint, weights_only=False)["state_dict"])
+    del trainer
+    gc.collect()
+    tuned = make_trainer(
+        finetune_config(prepare_ethanol(tmp_path / "tune"), tmp_path / "tune", checkpoint, weights="raw")
+    )
+    assert type(tuned._unwrapped_model).__name__ != "PaiNN"  # piwsl's PaiNN, fairchem's weights
+    assert all(torch.equal(weights[name], p) for name, p in tuned._unwrapped_model.named_parameters())
