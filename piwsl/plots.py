@@ -42,14 +42,7 @@ def plot_parity(predictions: Predictions, path: Path, title: str = "") -> Path:
         histogram.hist(force_error, bins=80, alpha=0.6, label=f"force ({unit}/Å)", density=True)
     histogram.set(xlabel="prediction − reference", ylabel="density", title="errors")
     histogram.legend()
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path, title, dpi=90)
 
 
 def read_scalars(logs_dir: Path) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -89,14 +82,7 @@ def plot_learning_curves(logs_dir: Path, path: Path, title: str = "") -> Path:
         axis.legend(fontsize="small")
     for axis in axes.ravel()[len(names) :]:
         axis.set_visible(False)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path, title, dpi=80)
 
 
 def find_logs_dir(path: Path) -> Path:
@@ -109,3 +95,15 @@ def find_logs_dir(path: Path) -> Path:
         listed = ", ".join(str(directory) for directory in directories[:5])
         raise FileNotFoundError(f"{path} holds the logs of {len(directories)} runs ({listed}...); name one of them")
     return directories[0]
+
+
+def _save(plt, figure, path: str | Path, title: str | None, dpi: int) -> Path:
+    """Title, lay out and write ``figure`` to ``path`` (parents created), close it; return the path."""
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
