@@ -161,7 +161,6 @@ def build_trainer(config: dict, **overrides: Any):
         "local_rank": config.get("local_rank", 0),
         "print_every": config.get("print_every", 10),
         "cpu": config.get("cpu", True),
-        "name": "ocp",
     }
     arguments.update(overrides)
     return registry.get_trainer_class(config.get("trainer", "piwsl"))(**arguments)

@@ -98,7 +98,7 @@ def load_trainer(checkpoint_path: Path, cpu: bool = True):
     checkpoint = read_checkpoint(str(checkpoint_path))  # CheckpointError if missing, damaged or no checkpoint
     config = checkpoint["config"]
     trainer_name = config.get("trainer", "piwsl")
-    trainer_name = "piwsl" if trainer_name in ("ocp", "forces") else trainer_name
+    trainer_name = "piwsl" if trainer_name in ("ocp", "forces") else trainer_name  # older checkpoints
     train_dataset = dict(config["dataset"])
     train_dataset.pop("src", None)
     logging.getLogger().setLevel(logging.WARNING)

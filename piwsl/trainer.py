@@ -53,6 +53,8 @@ from piwsl.training_data import TRAINING_DATA_KEY, describe_training_data
 ENERGY_KEY = "energy"
 #: How checkpoints name this trainer: fairchem's registry (and its OCPCalculator) resolve the dotted path.
 TRAINER_PATH = "piwsl.trainer.PIWSLTrainer"
+#: The trainer's name in fairchem's start-up config dump, its evaluator task and predictions file names.
+TRAINER_NAME = "piwsl"
 #: Attempts to redraw a displacement that brings two atoms too close, before giving up on it.
 MAX_REDRAWS = 10
 FORCES_KEY = "forces"
@@ -82,6 +84,16 @@ class DisplacedPredictions:
     displaced_prime: Geometry | None = None
 
 
+def register_evaluator_task(name: str) -> None:
+    """Give fairchem's Evaluator the defaults of its generic ``ocp`` task under ``name``.
+
+    fairchem looks up a trainer's default metrics and primary metric by the trainer's name; without
+    these entries any name but its task names fails there.
+    """
+    Evaluator.task_metrics.setdefault(name, Evaluator.task_metrics.get("ocp", {}))
+    Evaluator.task_primary_metric.setdefault(name, Evaluator.task_primary_metric.get("ocp"))
+
+
 @registry.register_trainer("piwsl")
 class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
     """OCP trainer with PITC/PISC consistency losses, NoisyNode and weak-label baselines."""
@@ -93,8 +105,9 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
         self.piwsl_config = PIWSLConfig.from_dict(optimizer.get("piwsl"), where="piwsl")
         self._pending: DisplacedPredictions | None = None
         self._progress: TrainingProgress | None = None
-        super().__init__(*args, **kwargs)
-        self.config["trainer"] = TRAINER_PATH  # fairchem records its task name ("ocp") here
+        register_evaluator_task(TRAINER_NAME)
+        super().__init__(*args, **(kwargs | {"name": TRAINER_NAME}))  # fairchem passes its task name "ocp"
+        self.config["trainer"] = TRAINER_PATH
         self.metrics: dict = {}
         self._nonfinite_steps = 0
         self._consecutive_nonfinite_steps = 0
@@ -414,7 +427,8 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
 
     def _relative_labels(self, batch: Batch) -> Tensor:
         """Reference energies (B,) minus the same offsets as ``_relative``, differenced in float64."""
-        offset = self._denorm_preds(ENERGY_KEY, batch[ENERGY_KEY].new_zeros(int(batch.natoms.numel())), batch)
+        zeros = batch[ENERGY_KEY].new_zeros(int(batch.natoms.numel()), 1)  # fairchem's references need (B, 1)
+        offset = self._denorm_preds(ENERGY_KEY, zeros, batch)
         return (batch[ENERGY_KEY].view(-1).double() - offset.view(-1).double()).to(batch[ENERGY_KEY].dtype)
 
     # ------------------------------------------------------------------ loss

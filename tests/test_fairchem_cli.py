@@ -46,6 +46,7 @@ def test_fairchem_cli_trains_with_the_dotted_trainer_name(data, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "pitc_loss" in log and "pisc_loss" in log
+    assert "trainer: piwsl" in log and "trainer: ocp" not in log  # fairchem's start-up config dump
     assert (tmp_path / "run/checkpoints/ocp/best_checkpoint.pt").is_file()
     checkpoint = torch.load(tmp_path / "run/checkpoints/ocp/checkpoint.pt", weights_only=False)
     assert checkpoint["step"] == 4 and checkpoint["config"]["trainer"] == "piwsl.trainer.PIWSLTrainer"

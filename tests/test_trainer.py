@@ -305,3 +305,46 @@ def test_weak_label_target_is_exact_with_total_energies(tmp_path):
         batch.batch,
     ).mean()
     assert value == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_fairchem_element_references_are_an_offset_the_consistency_terms_share(tmp_path):
+    """fairchem's ``transforms.element_references`` (an existing OCP project's setting) with total energies.
+
+    fairchem subtracts the references from the targets in its loss and adds them to the predictions;
+    the weak-label target and the model's energies must both be relative to references plus mean.
+    """
+    import numpy as np
+    from trainer_helpers import ETHANOL
+
+    from piwsl.data.formats import read_rmd17
+    from piwsl.data.prepare import prepare_dataset
+    from piwsl.losses import WeakLabelLoss
+
+    references = np.zeros(119)
+    references[[1, 6, 8]] = [-320.5, -23_810.25, -47_030.0]  # kcal/mol, an arbitrary but large offset
+    np.savez(tmp_path / "references.npz", element_references=references)
+    data = tmp_path / "ethanol"
+    prepare_dataset(read_rmd17(ETHANOL), data, 16, 8, 16, 0, ETHANOL, "rmd17")
+    config = tiny_config(data, tmp_path, {"method": "weak_label", "max_displacement": 0.01})
+    transforms = config["dataset"]["train"]["transforms"]
+    transforms["element_references"] = {"energy": {"file": str(tmp_path / "references.npz")}}
+    trainer = make_trainer(config)
+    assert "energy" in trainer.elementrefs
+    trainer.step = 1
+    trainer.model.train()
+    batch = first_batch(trainer)
+    out = trainer._forward(batch)
+    pending = trainer._pending
+    value = float(trainer._consistency_terms(out, batch, pending)["weak_label"][1])
+    offsets = torch.zeros(int(batch.natoms.numel()), dtype=torch.float64)
+    offsets.index_add_(0, batch.batch, torch.as_tensor(references)[batch.atomic_numbers.long().view(-1)])
+    labels = batch.energy.view(-1).double() - offsets - float(trainer.normalizers["energy"].mean)
+    assert float(labels.abs().max()) < 50 * trainer.energy_scale  # the references took the offset away
+    expected = WeakLabelLoss(energy_scale=trainer.energy_scale)(
+        pending.displaced.energy.double(),
+        labels,
+        batch.forces.view(-1, 3).double(),
+        pending.displacement.double(),
+        batch.batch,
+    ).mean()
+    assert value == pytest.approx(float(expected), rel=1e-4)
