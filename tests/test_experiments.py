@@ -623,6 +623,18 @@ def test_calculator_matches_evaluate_on_a_trained_checkpoint(tmp_path):
         PIWSLCalculator(checkpoint, energy_unit="eV")  # the checkpoint records kcal/mol
     with pytest.raises(ValueError, match="energy_unit"):
         PIWSLCalculator(checkpoint, energy_unit="rydberg")
+    # A checkpoint written before piwsl recorded units: the diagnostics need --energy-unit, in one line.
+    from piwsl.experiments.diagnostics import load_calculator
+    from piwsl.training_data import TRAINING_DATA_KEY
+
+    state = torch.load(checkpoint, weights_only=False)
+    state["config"].pop(TRAINING_DATA_KEY)
+    older = tmp_path / "older.pt"
+    torch.save(state, older)
+    with pytest.raises(DiagnosticInputError, match="does not record the unit.*--energy-unit"):
+        load_calculator(older)
+    older_energies, _ = load_calculator(older, "kcal/mol").predict(structures[:2])
+    np.testing.assert_allclose(older_energies, energies[:2], rtol=1e-6)
     atoms.calc = calculator
     VelocityVerlet(atoms, timestep=0.1).run(2)
     trajectory = run_md(structures[0], calculator, "nve", temperature=300, timestep=0.5, steps=10, record_every=1)

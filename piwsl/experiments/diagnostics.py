@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from ase import Atoms
 
+from piwsl.data.units import KCAL_PER_MOL_PER
 from piwsl.experiments.grid import ROOT, resolve
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ def diagnostic_parser(doc: str, *, start_structure: bool, several_checkpoints: b
         )
         parser.add_argument("--frame", type=int, default=0, help="index of the start structure in --structure")
     parser.add_argument("--out", type=Path, default=Path("results/diagnostics"), help="output directory")
+    parser.add_argument(
+        "--energy-unit",
+        choices=sorted(KCAL_PER_MOL_PER),
+        help="unit of the models' training energies, for checkpoints that do not record it "
+        "(written before piwsl recorded units; 'kcal/mol' for data prepared by scripts/prepare_data.py)",
+    )
     return parser
 
 
@@ -120,11 +127,14 @@ def checkpoint_of(path: Path) -> Path:
     return path
 
 
-def load_calculator(checkpoint: Path) -> PIWSLCalculator:
-    """The ASE calculator of a checkpoint (on the CPU)."""
+def load_calculator(checkpoint: Path, energy_unit: str | None = None) -> PIWSLCalculator:
+    """The ASE calculator of a checkpoint (on the CPU); ``energy_unit`` for checkpoints without the record."""
     from piwsl.calculator import PIWSLCalculator
 
-    return PIWSLCalculator(checkpoint)
+    try:
+        return PIWSLCalculator(checkpoint, energy_unit=energy_unit)
+    except ValueError as error:  # no recorded unit and none given, or a contradicting one
+        raise DiagnosticInputError(f"{error} (--energy-unit)") from None
 
 
 def load_start_structure(args: argparse.Namespace) -> Atoms:

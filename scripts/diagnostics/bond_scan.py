@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> str:
     if not args.no_reference:
         curves["GFN2-xTB"] = scan(gfn2_predictor(), atoms, anchor, moving, distances, start)
     for label, checkpoint in models.items():
-        calculator = load_calculator(checkpoint)
+        calculator = load_calculator(checkpoint, args.energy_unit)
         curves[label] = scan(lambda s, c=calculator: _stacked(c.predict(s)), atoms, anchor, moving, distances, start)
     symbols = atoms.get_chemical_symbols()
     bond_label = f"{symbols[anchor]}{anchor}-{symbols[moving]}{moving}"

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> str:
         per_model = {"total_rotation": [], "mean_curl": [], "asymmetry": []}
         asymmetries[label] = []
         for checkpoint in tqdm(checkpoints, desc=label):
-            calculator = load_calculator(checkpoint)
+            calculator = load_calculator(checkpoint, args.energy_unit)
             measures = [structure_rotation(calculator, atoms, args.step) for atoms in structures]
             for key in per_model:
                 per_model[key].append(float(np.mean([getattr(m, key) for m in measures])))

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> str:
     figure, axis = plt.subplots(figsize=(7, 4))
     rows = []
     for label, checkpoint in models.items():
-        calculator = load_calculator(checkpoint)
+        calculator = load_calculator(checkpoint, args.energy_unit)
         trajectories = [
             run_md(
                 atoms,
