@@ -68,12 +68,18 @@ def test_energy_variances(results: list[dict], data_dir: Path, cache: Path) -> d
     return variances
 
 
+def method_label(result: dict) -> str:
+    """The method's label; runs of a tagged study (other step budget) say their number of steps."""
+    return result["method_label"] + (f", {result['max_steps']:,} steps" if result.get("tag") else "")
+
+
 def overview_rows(results: list[dict], variances: dict[str, float]) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for result in results:
-        groups[(result["dataset"], result["backbone"], result["method"], result["train_size"])].append(result)
+        key = (result["dataset"], result["backbone"], result["method"], result["train_size"], result.get("tag") or "")
+        groups[key].append(result)
     rows = []
-    for (dataset, _backbone, method, size), runs in sorted(groups.items()):
+    for (dataset, _backbone, method, size, tag), runs in sorted(groups.items()):
         r2 = [
             1 - run["test"]["energy_rmse"] ** 2 / variances[Path(run["data"]).name]
             for run in runs
@@ -84,8 +90,9 @@ def overview_rows(results: list[dict], variances: dict[str, float]) -> list[dict
             {
                 "dataset": dataset,
                 "backbone": runs[0]["backbone_label"],
-                "method": runs[0]["method_label"],
+                "method": method_label(runs[0]),
                 "method_key": method,
+                "tag": tag,
                 "N_train": size,
                 "seeds": len(runs),
                 "energy_rmse": mean_std([run["test"]["energy_rmse"] for run in runs]),
@@ -111,7 +118,7 @@ def write_overview(rows: list[dict], out: Path) -> str:
     with (out.with_suffix(".csv")).open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["dataset", "backbone", "method", "N_train", "seeds", "energy_rmse_mean", "energy_rmse_std",
+            ["dataset", "backbone", "method", "tag", "N_train", "seeds", "energy_rmse_mean", "energy_rmse_std",
              "energy_r2_mean", "energy_r2_std", "forces_rmse_mean", "forces_rmse_std", "train_wall_s_mean", "steps"]
         )  # fmt: skip
         for row in rows:
@@ -124,7 +131,7 @@ def write_overview(rows: list[dict], out: Path) -> str:
             stats = [row["energy_rmse"], row["energy_r2"], row["forces_rmse"]]
             values = [value for stat in stats for value in ((stat.mean, stat.std) if stat else ("", ""))]
             writer.writerow(
-                [row["dataset"], row["backbone"], row["method_key"], row["N_train"], row["seeds"], *values,
+                [row["dataset"], row["backbone"], row["method_key"], row["tag"], row["N_train"], row["seeds"], *values,
                  row["train_wall_s"].mean, row["steps"]]
             )  # fmt: skip
     note = "Mean ± sample std over seeds; R² = 1 − MSE / variance of the split's test energies."
@@ -148,7 +155,7 @@ def plot_fronts(rows: list[dict], figures: Path) -> list[Path]:
     written = []
     panels: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        if row["forces_rmse"] is not None:
+        if row["forces_rmse"] is not None and not row["tag"]:  # tagged studies train longer: not on the front
             panels[(row["dataset"], row["N_train"])].append(row)
     for (dataset, size), panel in sorted(panels.items()):
         figure, axis = plt.subplots(figsize=(6.4, 4.6))
@@ -226,7 +233,7 @@ def plot_curves(curves: list[dict], results: list[dict], figures: Path) -> list[
         result = by_run.get(row["run"])
         if result is None:
             continue
-        label = result["method_label"] + (", −dE/dr" if "−dE/dr" in result["backbone_label"] else "")
+        label = method_label(result) + (", −dE/dr" if "−dE/dr" in result["backbone_label"] else "")
         panels[(result["dataset"], result["train_size"])][label][row["metric"]].append(
             (int(row["step"]), float(row["value"]))
         )

@@ -83,12 +83,19 @@ def test_consistency_form_report_builds_overview_fronts_and_curves(tmp_path):
                 "test": {"energy_rmse": energy + seed, "forces_rmse": forces, "num_structures": 5},
             }  # fmt: skip
             (results / "runs" / f"{result['run']}.json").write_text(json.dumps(result))
+    # a run of a tagged study (four times the steps) is its own row, not a third seed of "trapezoid"
+    longer = json.loads((results / "runs/mol-painn-trapezoid-n100-s0.json").read_text())
+    longer |= {"run": "mol-painn-trapezoid-n100-s0-long", "tag": "long", "max_steps": 120, "steps": 120}
+    longer["test"] = longer["test"] | {"energy_rmse": 1.0}
+    (results / "runs/mol-painn-trapezoid-n100-s0-long.json").write_text(json.dumps(longer))
     (results / "test_energy_variance.json").write_text(json.dumps({"mol-n100-s0": 25.0, "mol-n100-s1": 36.0}))
     run_script("scripts/consistency_form_report.py", "--results", str(results), "--runs", str(tmp_path / "none"))
     with (results / "tables/overview.csv").open() as handle:
-        rows = {row["method"]: row for row in csv.DictReader(handle)}
-    trapezoid = rows["trapezoid"]
+        rows = {(row["method"], row["tag"]): row for row in csv.DictReader(handle)}
+    trapezoid = rows["trapezoid", ""]
     assert float(trapezoid["energy_rmse_mean"]) == pytest.approx(2.5)
+    assert rows["trapezoid", "long"]["seeds"] == "1" and float(rows["trapezoid", "long"]["energy_rmse_mean"]) == 1.0
+    assert "Trapezoid, 120 steps" in (results / "tables/overview.md").read_text()
     assert float(trapezoid["energy_r2_mean"]) == pytest.approx(((1 - 4 / 25) + (1 - 9 / 36)) / 2)
     assert (results / "figures/front__mol-n100.png").stat().st_size > 1000
     assert (results / "learning_curves.csv").read_text().startswith("run,step,metric,value")
