@@ -14,24 +14,14 @@ grid=experiments/grids/consistency_form.yml
 lane=${1:-all}
 run() { .venv/bin/python scripts/run_experiments.py --grid "$grid" --no-progress "$@"; }
 
-ani1x_like_lane() {
-  run --study form --only 'ani1x_like-*-n100-*'
-  run --study conservative --only 'ani1x_like-*'
-  run --study long --study long_conservative --only 'ani1x_like-*'
-  run --study form_1k --only 'ani1x_like-*'
-  run --study conservative_1k --only 'ani1x_like-*'
-  run --study energy_only
-  run --study front --only 'ani1x_like-*'
-  run --study weights --only 'ani1x_like-*'
-}
-aspirin_lane() {
-  run --study form --only 'aspirin-*'
-  run --study conservative --only 'aspirin-*'
-  run --study long --study long_conservative --only 'aspirin-*'
-  run --study front --only 'aspirin-*'
-  run --study form_1k --only 'aspirin-*'
-  run --study conservative_1k --only 'aspirin-*'
-  run --study weights --only 'aspirin-*'
+# One data set's runs, most informative first: the form study (3 seeds), the conservative reference,
+# 12,000-step runs, N_train 1000, the energy-coefficient front, energy-only (ANI-1x-like only), weights.
+lane() {
+  local studies=(form conservative "long --study long_conservative" form_1k conservative_1k front energy_only weights)
+  for study in "${studies[@]}"; do
+    # shellcheck disable=SC2086  # "long --study long_conservative" is two studies
+    run --study $study --only "$1-*"
+  done
 }
 report() {
   .venv/bin/python scripts/aggregate.py results/consistency_form
@@ -45,9 +35,8 @@ report() {
 }
 
 case "$lane" in
-  ani1x_like) ani1x_like_lane ;;
-  aspirin) aspirin_lane ;;
-  all) ani1x_like_lane; aspirin_lane; report ;;
+  ani1x_like | aspirin) lane "$lane" ;;
+  all) lane ani1x_like; lane aspirin; report ;;
   report) report ;;
   *) echo "usage: $0 [ani1x_like|aspirin|all|report]" >&2; exit 2 ;;
 esac

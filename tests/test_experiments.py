@@ -624,13 +624,11 @@ def test_calculator_matches_evaluate_on_a_trained_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="energy_unit"):
         PIWSLCalculator(checkpoint, energy_unit="rydberg")
     # A checkpoint written before piwsl recorded units: the diagnostics need --energy-unit, in one line.
-    from piwsl.experiments.diagnostics import load_calculator
-    from piwsl.training_data import TRAINING_DATA_KEY
+    from trainer_helpers import without_training_record
 
-    state = torch.load(checkpoint, weights_only=False)
-    state["config"].pop(TRAINING_DATA_KEY)
-    older = tmp_path / "older.pt"
-    torch.save(state, older)
+    from piwsl.experiments.diagnostics import load_calculator
+
+    older = without_training_record(checkpoint, tmp_path / "older.pt")
     with pytest.raises(DiagnosticInputError, match="does not record the unit.*--energy-unit"):
         load_calculator(older)
     older_energies, _ = load_calculator(older, "kcal/mol").predict(structures[:2])

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainer_helpers import ETHANOL, make_trainer, tiny_config
+from trainer_helpers import ETHANOL, make_trainer, tiny_config, without_training_record
 
 from piwsl.data.formats import read_rmd17
 from piwsl.data.prepare import prepare_dataset
 from piwsl.data.units import EV_TO_KCAL_PER_MOL
-from piwsl.training_data import TRAINING_DATA_KEY, OutsideTrainingDomainError, TrainingData
+from piwsl.training_data import OutsideTrainingDomainError, TrainingData
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +112,7 @@ def test_calculator_needs_a_unit_for_checkpoints_without_a_record(trained, tmp_p
     from piwsl.calculator import PIWSLCalculator
 
     checkpoint, _ = trained
-    legacy = torch.load(checkpoint, weights_only=False)
-    legacy["config"].pop(TRAINING_DATA_KEY)
-    old = tmp_path / "best_checkpoint.pt"
-    torch.save(legacy, old)
+    old = without_training_record(checkpoint, tmp_path / "best_checkpoint.pt")
     with pytest.raises(ValueError, match="does not record the unit"):
         PIWSLCalculator(old)
     assert PIWSLCalculator(old, energy_unit="eV").ev_per_unit == 1.0

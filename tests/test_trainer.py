@@ -249,6 +249,31 @@ def reference_pitc(trainer, out, batch, pending, form: str) -> float:
     )
 
 
+def weak_label_step(trainer):
+    """The weak-label term of the first training batch: (value, batch, displaced predictions)."""
+    trainer.step = 1
+    trainer.model.train()
+    batch = first_batch(trainer)
+    out = trainer._forward(batch)
+    pending = trainer._pending
+    return float(trainer._consistency_terms(out, batch, pending)["weak_label"][1]), batch, pending
+
+
+def reference_weak_label(trainer, batch, pending, labels: torch.Tensor) -> float:
+    """The weak-label loss of the batch in float64, for reference energies ``labels`` (B,) on the model's scale."""
+    from piwsl.losses import WeakLabelLoss
+
+    return float(
+        WeakLabelLoss(energy_scale=trainer.energy_scale)(
+            pending.displaced.energy.double(),
+            labels,
+            batch.forces.view(-1, 3).double(),
+            pending.displacement.double(),
+            batch.batch,
+        ).mean()
+    )
+
+
 @pytest.mark.parametrize("form", ["taylor", "trapezoid"])
 def test_residuals_are_exact_with_total_energies_of_minus_406000(tmp_path, form):
     """Energies offset by -406,000 kcal/mol (rMD17 aspirin's scale): float32 totals would round residuals."""
@@ -281,7 +306,6 @@ def test_weak_label_target_is_exact_with_total_energies(tmp_path):
 
     from piwsl.data.formats import read_rmd17
     from piwsl.data.prepare import prepare_dataset
-    from piwsl.losses import WeakLabelLoss
 
     structures = read_rmd17(ETHANOL)
     for structure in structures:
@@ -289,22 +313,10 @@ def test_weak_label_target_is_exact_with_total_energies(tmp_path):
     data = tmp_path / "offset"
     prepare_dataset(structures, data, 16, 8, 16, 0, ETHANOL, "rmd17", check_units=False)
     trainer = make_trainer(tiny_config(data, tmp_path, {"method": "weak_label", "max_displacement": 0.01}))
-    trainer.step = 1
-    trainer.model.train()
-    batch = first_batch(trainer)
-    out = trainer._forward(batch)
-    pending = trainer._pending
-    value = float(trainer._consistency_terms(out, batch, pending)["weak_label"][1])
+    value, batch, pending = weak_label_step(trainer)
     # the float32 labels as stored, minus the normalizer's mean, differenced in float64
     labels = batch.energy.view(-1).double() - float(trainer.normalizers["energy"].mean)
-    expected = WeakLabelLoss(energy_scale=trainer.energy_scale)(
-        pending.displaced.energy.double(),
-        labels,
-        batch.forces.view(-1, 3).double(),
-        pending.displacement.double(),
-        batch.batch,
-    ).mean()
-    assert value == pytest.approx(float(expected), rel=1e-4)
+    assert value == pytest.approx(reference_weak_label(trainer, batch, pending, labels), rel=1e-4)
 
 
 def test_fairchem_element_references_are_an_offset_the_consistency_terms_share(tmp_path):
@@ -318,7 +330,6 @@ def test_fairchem_element_references_are_an_offset_the_consistency_terms_share(t
 
     from piwsl.data.formats import read_rmd17
     from piwsl.data.prepare import prepare_dataset
-    from piwsl.losses import WeakLabelLoss
 
     references = np.zeros(119)
     references[[1, 6, 8]] = [-320.5, -23_810.25, -47_030.0]  # kcal/mol, an arbitrary but large offset
@@ -330,21 +341,9 @@ def test_fairchem_element_references_are_an_offset_the_consistency_terms_share(t
     transforms["element_references"] = {"energy": {"file": str(tmp_path / "references.npz")}}
     trainer = make_trainer(config)
     assert "energy" in trainer.elementrefs
-    trainer.step = 1
-    trainer.model.train()
-    batch = first_batch(trainer)
-    out = trainer._forward(batch)
-    pending = trainer._pending
-    value = float(trainer._consistency_terms(out, batch, pending)["weak_label"][1])
+    value, batch, pending = weak_label_step(trainer)
     offsets = torch.zeros(int(batch.natoms.numel()), dtype=torch.float64)
     offsets.index_add_(0, batch.batch, torch.as_tensor(references)[batch.atomic_numbers.long().view(-1)])
     labels = batch.energy.view(-1).double() - offsets - float(trainer.normalizers["energy"].mean)
     assert float(labels.abs().max()) < 50 * trainer.energy_scale  # the references took the offset away
-    expected = WeakLabelLoss(energy_scale=trainer.energy_scale)(
-        pending.displaced.energy.double(),
-        labels,
-        batch.forces.view(-1, 3).double(),
-        pending.displacement.double(),
-        batch.batch,
-    ).mean()
-    assert value == pytest.approx(float(expected), rel=1e-4)
+    assert value == pytest.approx(reference_weak_label(trainer, batch, pending, labels), rel=1e-4)

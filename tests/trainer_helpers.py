@@ -54,3 +54,15 @@ def make_trainer(config: dict, **overrides):
     """A trainer from ``config``; collects dead trainers first (LMDB allows one open environment per file)."""
     gc.collect()
     return build_trainer(config, **overrides)
+
+
+def without_training_record(checkpoint: Path, out: Path) -> Path:
+    """A copy of ``checkpoint`` as piwsl wrote it before checkpoints recorded units and references."""
+    import torch
+
+    from piwsl.training_data import TRAINING_DATA_KEY
+
+    state = torch.load(checkpoint, weights_only=False)
+    state["config"].pop(TRAINING_DATA_KEY)
+    torch.save(state, out)
+    return out
