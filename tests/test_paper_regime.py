@@ -1,0 +1,137 @@
+"""The paper-regime study's tooling: per-method step caps, equal wall-clock runs, two test splits, selection."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from test_experiments import grid_content, load_script, paths_in, synthetic_results
+from trainer_helpers import ROOT
+
+from piwsl.experiments import aggregate as agg
+from piwsl.experiments import runner
+from piwsl.experiments.grid import GridError, parse_grid
+
+ANI1X_SMALL = ROOT / "tests/data/ani1x_like_small.h5"
+
+
+def wall_clock_grid(tmp_path: Path) -> dict:
+    content = grid_content(tmp_path)
+    content["methods"]["baseline_wall"] = {
+        "config": "baseline",
+        "label": "Baseline, PITC's time",
+        "max_steps": 50,
+        "wall_clock_from": "pitc_only",
+    }
+    content["studies"]["main"]["methods"] = ["baseline", "pitc_only", "baseline_wall"]
+    return content
+
+
+# ------------------------------------------------------------------------------------------ grid
+def test_a_method_sets_its_own_step_cap_and_names_its_wall_clock_source(tmp_path):
+    grid = parse_grid(wall_clock_grid(tmp_path))
+    runs = {run.name: run for run in grid.runs}
+    run = runs["ethanol-painn-baseline_wall-n32-s1"]
+    assert run.max_steps == 50 and runs["ethanol-painn-pitc_only-n32-s1"].max_steps == 12
+    assert run.wall_clock_source == runs["ethanol-painn-pitc_only-n32-s1"]
+    assert run.describe()["wall_clock_from"] == "ethanol-painn-pitc_only-n32-s1"
+
+
+def test_wall_clock_sources_must_be_runs_of_the_grid(tmp_path):
+    content = wall_clock_grid(tmp_path)
+    content["studies"]["main"]["methods"] = ["baseline", "baseline_wall"]
+    with pytest.raises(GridError, match="wall_clock_from = 'pitc_only' is not a method of study main"):
+        parse_grid(content)
+    content = wall_clock_grid(tmp_path)
+    content["methods"]["baseline_wall"]["wall_clock_from"] = "pitc"
+    with pytest.raises(GridError, match=r"methods\.baseline_wall\.wall_clock_from = 'pitc'; allowed: .*pitc_only"):
+        parse_grid(content)
+
+
+# ------------------------------------------------------------------------------------------ runner
+def test_an_equal_wall_clock_run_waits_for_its_source_then_gets_its_training_time(tmp_path, monkeypatch, capsys):
+    paths = paths_in(tmp_path)
+    runs = {run.name: run for run in parse_grid(wall_clock_grid(tmp_path)).runs}
+    run, source = runs["ethanol-painn-baseline_wall-n16-s0"], runs["ethanol-painn-pitc_only-n16-s0"]
+    assert runner.run_status(run, paths) == f"waiting for {source.name}"
+    executed = []
+    monkeypatch.setattr(runner, "execute_run", lambda run, *args, **kwargs: executed.append(run.name))
+    failures = runner.run_locally([run], paths, runner.Options(progress=False))
+    assert executed == [] and "not run, waiting for ethanol-painn-pitc_only-n16-s0" in failures[0]
+    assert not paths.failure_file(run).exists()
+    _, _, source_hash = runner.write_config(source, paths)
+    finished = {"config_hash": source_hash, "train_wall_s": 99.0, "convergence": {"training_s": 42.25}}
+    runner.write_json_atomic(paths.result_file(source), finished)
+    assert runner.run_status(run, paths) == "todo"
+    config = yaml.safe_load(runner.render_config(run, paths))
+    assert config["optim"]["max_wall_seconds"] == 42.2 and config["optim"]["max_steps"] == 50
+    runner.write_json_atomic(paths.result_file(source), finished | {"config_hash": "stale"})
+    assert runner.run_status(run, paths).startswith("waiting")
+
+
+def test_a_molecule_split_run_is_tested_on_both_test_splits_and_records_how_it_stopped(tmp_path):
+    content = grid_content(tmp_path)
+    content["datasets"] = {
+        "molecules": {
+            "format": "ani1x",
+            "src": str(ANI1X_SMALL),
+            "configs": "configs/ani1x",
+            "val_size": 8,
+            "test_size": 16,
+            "split_seed": 2,  # a split whose training molecules hold every element of the test molecules
+            "prepare_args": ["--split-by", "molecule", "--test-conformations", "8", "--self-energies", "none"],
+            "overrides": {"optim": {"batch_size": 4, "eval_batch_size": 8, "num_workers": 0}},
+        }
+    }
+    content["defaults"] = {
+        "seeds": [0],
+        "train_sizes": [16],
+        "max_steps": 40,
+        "overrides": {
+            "optim": {"eval_every": 2, "early_stopping": {"patience": 1, "min_delta": 0.99}},
+            "evaluation_metrics": {"primary_metric": "energy_force_nmae"},
+        },
+    }
+    content["studies"]["main"] |= {"datasets": ["molecules"], "methods": ["baseline"], "reference": None}
+    grid_file = tmp_path / "grid.yml"
+    grid_file.write_text(yaml.safe_dump(content))
+    cli = load_script("scripts/run_experiments.py")
+    arguments = ["--grid", str(grid_file), "--results-dir", str(tmp_path / "results"), "--work-dir"]
+    arguments += [str(tmp_path / "work"), "--data-dir", str(tmp_path / "data"), "--no-progress", "--device", "cpu"]
+    assert cli.main(arguments) == 0
+    result = json.loads((tmp_path / "results/runs/molecules-painn-baseline-n16-s0.json").read_text())
+    assert result["test_splits"] == ["test", "test_conformations"] and result["split_by"] == "molecule"
+    assert result["test"]["num_structures"] >= 16
+    assert 1 <= result["test_conformations"]["num_structures"] <= 8
+    assert math.isfinite(result["test_conformations"]["energy_rmse"])
+    convergence = result["convergence"]
+    assert convergence["stopped_by"] == "early_stopping" and result["steps"] == 4  # validations at 2 and 4
+    assert convergence["training_s"] > 0 and "energy_force_nmae" in result["val_metrics"]
+    text = agg.aggregate(tmp_path / "results", tmp_path / "out")
+    assert "test (unseen molecules)" in text and "test_conformations (unseen conformations of training" in text
+    assert (tmp_path / "out/tables/main__molecules__test_conformations.md").is_file()
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+def test_aggregation_makes_a_table_and_gains_per_test_split_and_reads_old_results(tmp_path):
+    results_dir = synthetic_results(tmp_path)
+    for path in (results_dir / "runs").glob("*.json"):
+        result = json.loads(path.read_text())
+        halved = {key: value / 2 for key, value in result["test"].items()}
+        result |= {"test_splits": ["test", "test_conformations"], "split_by": "molecule"}
+        runner.write_json_atomic(path, result | {"test_conformations": halved})
+    agg.aggregate(results_dir, tmp_path / "out")
+    tables = tmp_path / "out/tables"
+    unseen_molecules = (tables / "s__d.md").read_text()
+    unseen_conformations = (tables / "s__d__test_conformations.md").read_text()
+    assert "test (unseen molecules)" in unseen_molecules and "20.00 ± 10.00" in unseen_molecules
+    assert "10.00 ± 5.00" in unseen_conformations
+    assert "+20.0 ± 0.0" in (tables / "s__gains__test_conformations.md").read_text()
+    rows = (tables / "summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 4 and rows[0].endswith(",split")
+    old = synthetic_results(tmp_path / "old")  # results without test_splits: one table as before
+    agg.aggregate(old, tmp_path / "old_out")
+    assert sorted(p.name for p in (tmp_path / "old_out/tables").glob("s__d*.md")) == ["s__d.md"]
