@@ -135,3 +135,58 @@ def test_aggregation_makes_a_table_and_gains_per_test_split_and_reads_old_result
     old = synthetic_results(tmp_path / "old")  # results without test_splits: one table as before
     agg.aggregate(old, tmp_path / "old_out")
     assert sorted(p.name for p in (tmp_path / "old_out/tables").glob("s__d*.md")) == ["s__d.md"]
+
+
+# ------------------------------------------------------------------------------------------ tuned baseline
+def sweep_results(tmp_path: Path, values: dict[str, dict[int, float]], complete: bool = True) -> Path:
+    """Results of a sweep study: method -> N_train -> validation energy_force_nmae (seed 0)."""
+    names = []
+    for method, per_size in values.items():
+        for size, value in per_size.items():
+            name = f"d-m-{method}-n{size}-s0"
+            names.append(name)
+            result = {"run": name, "config_hash": "current", "dataset": "d", "backbone": "m", "method": method,
+                      "train_size": size, "seed": 0, "train_wall_s": 1.0, "steps": 10,
+                      "val_metrics": {"energy_force_nmae": value, "forces_mae": 100.0 * value},
+                      "test": {"energy_rmse": 1.0, "forces_rmse": 1.0, "num_structures": 5}}  # fmt: skip
+            runner.write_json_atomic(tmp_path / "runs" / f"{name}.json", result)
+    study = {"name": "sweep", "title": "Sweep", "datasets": ["d"], "backbones": ["m"], "methods": list(values),
+             "train_sizes": [100, 1000], "seeds": [0], "reference": "baseline", "runs": names,
+             "labels": {"methods": {m: m.upper() for m in values}}}  # fmt: skip
+    hashes = dict.fromkeys(names, "current")
+    if not complete:
+        hashes[names[-1]] = "newer"  # its result is stale
+    runner.write_json_atomic(tmp_path / "grid.json", {"studies": [study], "config_hashes": hashes})
+    return tmp_path
+
+
+def test_the_tuned_setting_is_the_lowest_mean_relative_validation_error(tmp_path, capsys):
+    values = {
+        "baseline": {100: 1.0, 1000: 0.50},  # score (1.25 + 1) / 2 = 1.125
+        "e10": {100: 0.9, 1000: 0.50},  # (1.125 + 1) / 2 = 1.0625: never best at N 100, but the best overall
+        "e100": {100: 0.8, 1000: 0.75},  # best at N 100, 50 % worse at 1000: (1 + 1.5) / 2 = 1.25
+    }
+    results_dir = sweep_results(tmp_path, values)
+    cli = load_script("scripts/select_tuned_baseline.py")
+    assert cli.main([str(results_dir)]) == 0
+    output = capsys.readouterr().out
+    assert "chosen: e10 (E10)" in output and "set `baseline_tuned: *e10`" in output
+    record = json.loads((results_dir / "tuned_baseline.json").read_text())
+    assert record["chosen"] == "e10" and [s["method"] for s in record["scores"]] == ["e10", "baseline", "e100"]
+    assert record["scores"][0]["score"] == pytest.approx((0.9 / 0.8 + 1.0) / 2)
+    assert cli.main([str(results_dir), "--metric", "forces_mae", "--out", str(tmp_path / "f.json")]) == 0
+    assert json.loads((tmp_path / "f.json").read_text())["chosen"] == "e10"
+
+
+def test_ties_go_to_the_paper_setting_and_an_incomplete_sweep_is_refused(tmp_path, capsys):
+    from piwsl.experiments.tuning import select
+
+    tied = sweep_results(tmp_path / "tied", {"e10": {100: 1.0, 1000: 1.0}, "baseline": {100: 1.0, 1000: 1.0}})
+    assert select(tied, "sweep").chosen.method == "baseline"
+    partial = sweep_results(tmp_path / "partial", {"baseline": {100: 1.0, 1000: 1.0}, "e10": {100: 1.0, 1000: 1.0}},
+                            complete=False)  # fmt: skip
+    cli = load_script("scripts/select_tuned_baseline.py")
+    assert cli.main([str(partial)]) == 2
+    assert "not complete: no current results for e10 at N_train 1000" in capsys.readouterr().err
+    assert cli.main([str(partial), "--study", "main"]) == 2
+    assert "no study 'main'" in capsys.readouterr().err
