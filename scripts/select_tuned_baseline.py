@@ -6,7 +6,9 @@ schedule). Its score is the mean over N_train of its validation metric (best che
 the seeds run) divided by the best value any setting reached at that N_train; the lowest score
 wins, ties go to the study's reference (the paper's setting). Test errors are never read. Prints
 every setting's score and writes RESULTS_DIR/tuned_baseline.json (--out to write elsewhere).
-A sweep with a setting missing at some N_train is refused, naming what is missing.
+A sweep with a setting missing at some N_train is refused, naming what is missing. With --grid,
+also checks that the grid's tuned method (--method) has the chosen setting: exit code 3 if not
+(experiments/paper_regime.sh stops there until the grid is edited).
 
 Example (after `scripts/run_experiments.py --grid experiments/grids/paper_regime.yml --study sweep`):
   python scripts/select_tuned_baseline.py results/paper_regime
@@ -19,8 +21,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from piwsl.experiments.grid import GridError
 from piwsl.experiments.runner import write_json_atomic
-from piwsl.experiments.tuning import DEFAULT_METRIC, SelectionError, format_selection, select
+from piwsl.experiments.tuning import DEFAULT_METRIC, SelectionError, format_selection, grid_uses_choice, select
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -33,6 +36,10 @@ def get_parser() -> argparse.ArgumentParser:
         help="validation metric to select on, lower is better (default: %(default)s)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON record (default: RESULTS_DIR/tuned_baseline.json)")
+    parser.add_argument(
+        "--grid", type=Path, default=None, help="grid file whose --method must have the chosen setting (exit 3 if not)"
+    )
+    parser.add_argument("--method", default="baseline_tuned", help="the grid's tuned method (default: %(default)s)")
     return parser
 
 
@@ -40,13 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
         selection = select(args.results_dir, args.study, args.metric)
-    except SelectionError as error:
+        print(format_selection(selection))
+        out = args.out or args.results_dir / "tuned_baseline.json"
+        write_json_atomic(out, selection.to_json())
+        chosen = selection.chosen.method
+        print(f"wrote {out}; the grid's tuned method is to be `{args.method}: *{chosen}`")
+        if args.grid is not None and not grid_uses_choice(args.grid, args.method, chosen):
+            print(f"error: {args.grid}: method {args.method} does not have the chosen setting; set "
+                  f"`{args.method}: *{chosen}` there", file=sys.stderr)  # fmt: skip
+            return 3
+    except (SelectionError, GridError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_selection(selection))
-    out = args.out or args.results_dir / "tuned_baseline.json"
-    write_json_atomic(out, selection.to_json())
-    print(f"wrote {out}; set `baseline_tuned: *{selection.chosen.method}` in the grid file")
     return 0
 
 

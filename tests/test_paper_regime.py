@@ -170,7 +170,7 @@ def test_the_tuned_setting_is_the_lowest_mean_relative_validation_error(tmp_path
     cli = load_script("scripts/select_tuned_baseline.py")
     assert cli.main([str(results_dir)]) == 0
     output = capsys.readouterr().out
-    assert "chosen: e10 (E10)" in output and "set `baseline_tuned: *e10`" in output
+    assert "chosen: e10 (E10)" in output and "`baseline_tuned: *e10`" in output
     record = json.loads((results_dir / "tuned_baseline.json").read_text())
     assert record["chosen"] == "e10" and [s["method"] for s in record["scores"]] == ["e10", "baseline", "e100"]
     assert record["scores"][0]["score"] == pytest.approx((0.9 / 0.8 + 1.0) / 2)
@@ -190,3 +190,13 @@ def test_ties_go_to_the_paper_setting_and_an_incomplete_sweep_is_refused(tmp_pat
     assert "not complete: no current results for e10 at N_train 1000" in capsys.readouterr().err
     assert cli.main([str(partial), "--study", "main"]) == 2
     assert "no study 'main'" in capsys.readouterr().err
+
+
+def test_the_check_says_whether_the_grid_uses_the_chosen_setting(tmp_path, capsys):
+    grid = str(ROOT / "experiments/grids/paper_regime.yml")
+    cli = load_script("scripts/select_tuned_baseline.py")
+    paper = sweep_results(tmp_path / "paper", {"baseline": {100: 1.0, 1000: 1.0}, "e10_plateau": {100: 2.0, 1000: 2.0}})
+    assert cli.main([str(paper), "--grid", grid]) == 0  # the committed grid's placeholder is the paper's setting
+    other = sweep_results(tmp_path / "other", {"baseline": {100: 2.0, 1000: 2.0}, "e10_plateau": {100: 1.0, 1000: 1.0}})
+    assert cli.main([str(other), "--grid", grid]) == 3
+    assert "set `baseline_tuned: *e10_plateau` there" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from piwsl.experiments import aggregate
+from piwsl.experiments.grid import load_grid
 
 DEFAULT_METRIC = "energy_force_nmae"
 
@@ -107,3 +108,21 @@ def format_selection(selection: Selection) -> str:
         lines.append(f"{s.method:16s} {s.label[:40]:40s} {cells} {s.score:8.4f}")
     lines.append(f"chosen: {selection.chosen.method} ({selection.chosen.label})")
     return "\n".join(lines)
+
+
+def grid_uses_choice(grid_file: Path, method: str, chosen: str) -> bool:
+    """Whether ``method`` of the grid file trains with the same settings as the ``chosen`` method.
+
+    Settings are the run config, its directory, force labels and overrides; labels do not count.
+    """
+    grid = load_grid(grid_file)
+    specs = {run.method.name: run.method for run in grid.runs}
+    if method not in specs or chosen not in specs:
+        missing = method if method not in specs else chosen
+        raise SelectionError(f"{grid_file}: no study runs method {missing!r}")
+
+    def settings(name: str) -> tuple:
+        spec = specs[name]
+        return spec.config, spec.configs, spec.energy_only, spec.overrides
+
+    return settings(method) == settings(chosen)
