@@ -14,13 +14,21 @@
 # 2. painn_grad lane: the runs that need no tuned setting first (N 1000 seed 0), then it waits for
 #    the painn lane's choice in the same way and continues like the painn lane.
 # Each equal-wall-clock run (baseline_wall) runs after the trapezoid run it takes its time from.
+# For a trial on a copy of the grid (e.g. with max_steps 5), set PAPER_REGIME_GRID to the copy and
+# PAPER_REGIME_OUT to a directory that gets its results/, work/ and data/.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export OMP_NUM_THREADS=1
-grid=experiments/grids/paper_regime.yml
+grid=${PAPER_REGIME_GRID:-experiments/grids/paper_regime.yml}
 results=results/paper_regime
+work=runs/experiments/paper_regime
+directories=()
+if [ -n "${PAPER_REGIME_OUT:-}" ]; then
+  results=$PAPER_REGIME_OUT/results work=$PAPER_REGIME_OUT/work
+  directories=(--results-dir "$results" --work-dir "$work" --data-dir "$PAPER_REGIME_OUT/data")
+fi
 lane=${1:-all}
-run() { .venv/bin/python scripts/run_experiments.py --grid "$grid" --no-progress "$@"; }
+run() { .venv/bin/python scripts/run_experiments.py --grid "$grid" --no-progress "${directories[@]}" "$@"; }
 main() { run --study main --study main_vs_tuned "$@"; }
 tuned_is_set() {
   .venv/bin/python scripts/select_tuned_baseline.py "$results" --grid "$grid"
@@ -62,10 +70,10 @@ report() {
   .venv/bin/python scripts/select_tuned_baseline.py "$results"
   # Learning curves (validation and training terms) of the seed-0 runs at N 1000: has training converged?
   mkdir -p "$results/figures"
-  for run_dir in runs/experiments/paper_regime/checkpoints/molecules-*-n1000-s0-*; do
+  for run_dir in "$work"/checkpoints/molecules-*-n1000-s0-*; do
     [ -d "$run_dir" ] || continue
     name=$(basename "$run_dir")
-    .venv/bin/python scripts/plot_learning_curves.py "runs/experiments/paper_regime/logs/tensorboard/$name" \
+    .venv/bin/python scripts/plot_learning_curves.py "$work/logs/tensorboard/$name" \
       --out "$results/figures/curves__${name%-*}.png" || true
   done
 }

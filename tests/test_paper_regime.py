@@ -13,7 +13,7 @@ from trainer_helpers import ROOT
 
 from piwsl.experiments import aggregate as agg
 from piwsl.experiments import runner
-from piwsl.experiments.grid import GridError, parse_grid
+from piwsl.experiments.grid import GridError, load_grid, parse_grid
 
 ANI1X_SMALL = ROOT / "tests/data/ani1x_like_small.h5"
 
@@ -200,3 +200,28 @@ def test_the_check_says_whether_the_grid_uses_the_chosen_setting(tmp_path, capsy
     other = sweep_results(tmp_path / "other", {"baseline": {100: 2.0, 1000: 2.0}, "e10_plateau": {100: 1.0, 1000: 1.0}})
     assert cli.main([str(other), "--grid", grid]) == 3
     assert "set `baseline_tuned: *e10_plateau` there" in capsys.readouterr().err
+
+
+def test_every_run_of_the_paper_regime_grid_has_a_valid_config(tmp_path):
+    from piwsl.config import PIWSLConfig
+    from piwsl.config_checks import check_config
+    from piwsl.convergence import StoppingRules
+
+    grid = load_grid(ROOT / "experiments/grids/paper_regime.yml")
+    paths = paths_in(tmp_path)
+    waiting = [run for run in grid.runs if run.wall_clock_source is not None]
+    for run in waiting:  # their sources finished, with a training time
+        _, _, source_hash = runner.write_config(run.wall_clock_source, paths)
+        finished = {"config_hash": source_hash, "train_wall_s": 1.0, "convergence": {"training_s": 3600.0}}
+        runner.write_json_atomic(paths.result_file(run.wall_clock_source), finished)
+    metrics = set()
+    for run in grid.runs:
+        config = runner.resolved_config(runner.render_config(run, paths))
+        check_config(config)
+        PIWSLConfig.from_dict(config.get("piwsl"))
+        rules = StoppingRules.from_optim(config["optim"])
+        assert (rules.early_stopping is None) == (run.method.name == "baseline_wall"), run.name
+        assert (rules.max_wall_seconds == 3600.0) == (run.method.name == "baseline_wall"), run.name
+        metrics.add((run.method.energy_only, config["evaluation_metrics"]["primary_metric"]))
+    assert metrics == {(False, "energy_force_nmae"), (True, "energy_mae")}
+    assert len(waiting) == 2 * 2 * 3  # backbones x N_train x seeds
