@@ -36,6 +36,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+from fairchem.core.common import distutils
+
 from piwsl.checkpointing import read_checkpoint
 from piwsl.config import PIWSLConfigError
 
@@ -275,7 +278,14 @@ class ConvergenceTraining:
         super().update_best(primary_metric, val_metrics, disable_eval_tqdm=disable_eval_tqdm)
 
     def _convergence_stop(self, completed: int) -> bool:
-        return self._convergence.stop_at_boundary(completed)
+        """Whether training ends at this boundary; under DDP every rank stops when one rank's clock says so."""
+        stop = self._convergence.stop_at_boundary(completed)
+        if self._convergence.rules.max_wall_seconds is None or distutils.get_world_size() == 1:
+            return stop  # early stopping decides on metrics that are the same on every rank
+        anyone = distutils.all_reduce(torch.tensor(float(stop)), device=self.device)
+        if float(anyone) > 0 and not stop:
+            self._convergence.stop("wall_clock", completed)
+        return float(anyone) > 0
 
     def save(self, metrics: dict | None = None, checkpoint_file: str = "checkpoint.pt", training_state: bool = True):
         max_steps = self.config["optim"].get("max_steps")

@@ -208,3 +208,26 @@ def test_an_unknown_primary_metric_is_named_at_the_first_validation(data, tmp_pa
     config["evaluation_metrics"]["primary_metric"] = "energy_forces_mae"
     with pytest.raises(PIWSLConfigError, match="primary_metric = 'energy_forces_mae' is not a validation metric"):
         make_trainer(config).train(disable_eval_tqdm=True)
+
+
+def test_two_ddp_ranks_stop_together_on_the_wall_clock_budget(data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from trainer_helpers import ROOT
+
+    config = _config(data, tmp_path, max_wall_seconds=0.001)  # used up after the first step
+    config = {k: v for k, v in config.items() if k not in ("run_dir", "identifier", "timestamp_id", "seed", "cpu")}
+    (tmp_path / "ddp.yml").write_text(yaml.safe_dump(config))
+    command = [
+        sys.executable, str(ROOT / "main.py"), "--mode", "train", "--config", str(tmp_path / "ddp.yml"), "--cpu",
+        "--num-gpus", "2", "--run-dir", str(tmp_path / "run"), "--identifier", "ddp", "--timestamp-id", "ddp",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = _state(tmp_path / "run/checkpoints/ddp/checkpoint.pt")
+    assert (state.stopped_by, state.stopped_at_step) == ("wall_clock", 1)
