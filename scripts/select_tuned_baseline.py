@@ -4,7 +4,8 @@
 Each method of the study is a setting (e.g. supervised energy coefficient x learning-rate
 schedule). Its score is the mean over N_train of its validation metric (best checkpoint, mean over
 the seeds run) divided by the best value any setting reached at that N_train; the lowest score
-wins, ties go to the study's reference (the paper's setting). Test errors are never read. Prints
+wins, but the study's reference (the paper's setting) stays unless it is beaten by more than
+--tolerance (relative). Test errors are never read. Prints
 every setting's score and writes RESULTS_DIR/tuned_baseline.json (--out to write elsewhere).
 A sweep with a setting missing at some N_train is refused, naming what is missing. With --grid,
 also checks that the grid's tuned method (--method) has the chosen setting: exit code 3 if not
@@ -23,7 +24,14 @@ from pathlib import Path
 
 from piwsl.experiments.grid import GridError
 from piwsl.experiments.runner import write_json_atomic
-from piwsl.experiments.tuning import DEFAULT_METRIC, SelectionError, format_selection, grid_uses_choice, select
+from piwsl.experiments.tuning import (
+    DEFAULT_METRIC,
+    DEFAULT_TOLERANCE,
+    SelectionError,
+    format_selection,
+    grid_uses_choice,
+    select,
+)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -34,6 +42,12 @@ def get_parser() -> argparse.ArgumentParser:
         "--metric",
         default=DEFAULT_METRIC,
         help="validation metric to select on, lower is better (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="relative score margin by which a setting must beat the study's reference (default: %(default)s)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON record (default: RESULTS_DIR/tuned_baseline.json)")
     parser.add_argument(
@@ -46,7 +60,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
-        selection = select(args.results_dir, args.study, args.metric)
+        selection = select(args.results_dir, args.study, args.metric, args.tolerance)
         print(format_selection(selection))
         out = args.out or args.results_dir / "tuned_baseline.json"
         write_json_atomic(out, selection.to_json())

@@ -3,7 +3,9 @@
 The rule: each method of the study (a setting) is scored by the mean over N_train of its
 validation metric (best checkpoint, mean over the seeds run) divided by the lowest value any
 method of the study reached at that N_train; the lowest score wins (1.0: best at every N_train),
-ties go to the study's reference method (the paper's setting), then to the order of the study.
+except that the study's reference method (the paper's setting) is kept unless the best score is
+lower than its own by more than ``tolerance`` (relative, default 1 %: one seed's validation noise
+is not a reason to change the setting); among the others, ties go to the order of the study.
 Only finished runs with the grid's current config hash count (``aggregate.current_results``),
 and a setting without a result at some N_train cannot be chosen: the choice waits until the sweep
 is complete. Test errors are never looked at.
@@ -11,13 +13,15 @@ is complete. Test errors are never looked at.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from piwsl.experiments import aggregate
 from piwsl.experiments.grid import load_grid
 
 DEFAULT_METRIC = "energy_force_nmae"
+#: Relative score margin by which a setting must beat the reference (the paper's) to be chosen.
+DEFAULT_TOLERANCE = 0.01
 
 
 class SelectionError(ValueError):
@@ -41,7 +45,7 @@ class Selection:
     study: str
     metric: str
     scores: list[Score]
-    missing: list[str] = field(default_factory=list)
+    tolerance: float = DEFAULT_TOLERANCE
 
     @property
     def chosen(self) -> Score:
@@ -52,8 +56,8 @@ class Selection:
             "study": self.study,
             "metric": self.metric,
             "rule": (
-                f"lowest mean over N_train of validation {self.metric} / the best value at that N_train; "
-                "ties to the study's reference"
+                f"lowest mean over N_train of validation {self.metric} / the best value at that N_train; the "
+                f"study's reference unless beaten by more than {100 * self.tolerance:g} %"
             ),
             "chosen": self.chosen.method,
             "chosen_label": self.chosen.label,
@@ -63,8 +67,10 @@ class Selection:
         }
 
 
-def select(results_dir: Path, study_name: str, metric: str = DEFAULT_METRIC) -> Selection:
-    """Score the settings of ``study_name`` from ``results_dir`` (a runner's results directory)."""
+def select(
+    results_dir: Path, study_name: str, metric: str = DEFAULT_METRIC, tolerance: float = DEFAULT_TOLERANCE
+) -> Selection:
+    """Score the settings of ``study_name`` from ``results_dir`` (a runner's results directory), chosen first."""
     grid = aggregate.load_grid_description(results_dir)
     if grid is None:
         raise SelectionError(
@@ -94,8 +100,12 @@ def select(results_dir: Path, study_name: str, metric: str = DEFAULT_METRIC) -> 
     scores = [
         Score(m, labels.get(m, m), means[m], sum(means[m][n] / best[n] for n in sizes) / len(sizes)) for m in order
     ]
-    scores.sort(key=lambda s: s.score)  # stable: ties keep the reference first
-    return Selection(study=study_name, metric=metric, scores=scores)
+    scores.sort(key=lambda s: s.score)  # stable: ties keep the order of the study
+    reference = next((s for s in scores if s.method == study.get("reference")), None)
+    if reference is not None and reference.score <= scores[0].score * (1 + tolerance):
+        scores.remove(reference)
+        scores.insert(0, reference)
+    return Selection(study=study_name, metric=metric, scores=scores, tolerance=tolerance)
 
 
 def format_selection(selection: Selection) -> str:
