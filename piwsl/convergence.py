@@ -24,7 +24,7 @@ labels, the same for every run on the same split whatever its backbone.
 ``ConvergenceState`` (best value and step, validations since the last improvement, training
 time, why and when training stopped) is stored in every checkpoint under ``CONVERGENCE_KEY`` of
 its config and restored on resume, so a killed run continues with the same patience count and
-time used. ``ConvergenceTraining`` is the trainer mixin; everything else here is plain Python.
+time used. ``ConvergenceTraining`` is the trainer mixin; the rest works without a trainer.
 """
 
 from __future__ import annotations

@@ -68,6 +68,8 @@ def test_an_equal_wall_clock_run_waits_for_its_source_then_gets_its_training_tim
     assert runner.run_status(run, paths) == "todo"
     config = yaml.safe_load(runner.render_config(run, paths))
     assert config["optim"]["max_wall_seconds"] == 42.2 and config["optim"]["max_steps"] == 50
+    runner.write_json_atomic(paths.result_file(source), {"config_hash": source_hash, "train_wall_s": 99.0})
+    assert yaml.safe_load(runner.render_config(run, paths))["optim"]["max_wall_seconds"] == 99.0  # an older result
     runner.write_json_atomic(paths.result_file(source), finished | {"config_hash": "stale"})
     assert runner.run_status(run, paths).startswith("waiting")
 
