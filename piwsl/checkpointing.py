@@ -55,7 +55,11 @@ class TrainingStopped(Exception):
 
 
 class _StepLimitReached(Exception):
-    """Raised at the step boundary after ``optim.max_steps`` completed steps: training ends there."""
+    """Raised at a step boundary where training ends (``optim.max_steps``, or ``_convergence_stop``)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"training ends after step {step}")
+        self.step = step
 
 
 class CheckpointError(RuntimeError):
@@ -242,8 +246,8 @@ class ResumableTraining:
         first_step = self.step
         try:
             super().train(disable_eval_tqdm)
-        except _StepLimitReached:
-            self.step = self._max_steps
+        except _StepLimitReached as end:
+            self.step = end.step
             self.epoch = self.step / len(self.train_loader)
         except TrainingStopped as stop:
             logging.warning(str(stop))
@@ -280,7 +284,13 @@ class ResumableTraining:
         if self._stop_signal is not None:
             raise TrainingStopped(self._stop_signal, completed)
         if self._max_steps is not None and completed >= self._max_steps:
-            raise _StepLimitReached()
+            raise _StepLimitReached(self._max_steps)
+        if self._convergence_stop(completed):
+            raise _StepLimitReached(completed)
+
+    def _convergence_stop(self, completed: int) -> bool:
+        """Whether training ends at this boundary before ``max_steps`` (``piwsl.convergence`` overrides it)."""
+        return False
 
     def _save_boundary(self, completed: int) -> None:
         current = (self.step, self.epoch)

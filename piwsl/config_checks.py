@@ -32,7 +32,7 @@ OPTIM_KEYS = frozenset({
     "max_epochs", "eval_every", "checkpoint_every", "clip_grad_norm", "ema_decay", "scheduler", "scheduler_params",
     "warmup_steps", "warmup_factor", "lr_gamma", "lr_milestones", "energy_coefficient", "force_coefficient",
     "loss_energy", "loss_forces", "load_balancing", "load_balancing_on_error", "load_datasets_and_model_then_exit",
-    "max_steps", "piwsl", "finetune",
+    "max_steps", "piwsl", "finetune", "early_stopping", "max_wall_seconds",
 })  # fmt: skip
 #: ``optim`` numbers: (integer only, whether ``0`` is allowed, allowed values in words). ``max_epochs: 0``
 #: builds a trainer that trains nothing (used to save untrained models); ``max_steps`` counts steps to train.

@@ -35,6 +35,7 @@ import piwsl.models  # noqa: F401  (registers piwsl's backbones, also under fair
 from piwsl.batching import select_structures, stack_geometries
 from piwsl.checkpointing import ResumableTraining
 from piwsl.config import PIWSLConfig, PIWSLConfigError
+from piwsl.convergence import ConvergenceTraining, cosine_schedule_defaults
 from piwsl.displacements import (
     AdversarialDisplacementSampler,
     DisplacementSampler,
@@ -95,7 +96,7 @@ def register_evaluator_task(name: str) -> None:
 
 
 @registry.register_trainer("piwsl")
-class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
+class PIWSLTrainer(FiniteStepGuard, ConvergenceTraining, ResumableTraining, OCPTrainer):
     """OCP trainer with PITC/PISC consistency losses, NoisyNode and weak-label baselines."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -103,6 +104,7 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
         check_graph_backend(kwargs.get("model", {}))
         optimizer = kwargs.get("optimizer", {})
         self.piwsl_config = PIWSLConfig.from_dict(optimizer.get("piwsl"), where="piwsl")
+        cosine_schedule_defaults(optimizer)
         self._pending: DisplacedPredictions | None = None
         self._progress: TrainingProgress | None = None
         register_evaluator_task(TRAINER_NAME)
@@ -119,6 +121,7 @@ class PIWSLTrainer(FiniteStepGuard, ResumableTraining, OCPTrainer):
         self._apply_max_steps()
         self._build_samplers()
         self._setup_checkpoints()
+        self._setup_convergence()
         self._setup_step_guard(self.piwsl_config.max_nonfinite_steps)
         self._record_training_data()
         finetune = optimizer.get(FINETUNE_KEY)

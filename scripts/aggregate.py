@@ -8,6 +8,9 @@ end of all.md. Results are grouped by data set, backbone, method, N_train and st
 the tables as markdown and writes, under --out (default RESULTS_DIR):
   tables/<study>__<dataset>.md|.csv   test RMSE, mean ± sample std over seeds (Table 1/2/3 layout)
   tables/<study>__gains.md|.csv       per-seed relative gain over the study's reference method
+  tables/<study>__<dataset>__<split>.md|.csv, tables/<study>__gains__<split>.md|.csv
+                                      the same for each further test split the runs were tested on
+                                      (test_conformations: unseen conformations of training molecules)
   tables/<study>__runtime.md|.csv     training wall time and steps per run
   tables/summary.csv                  every (dataset, backbone, method, N_train, tag): means, stds, seeds
   tables/all.md                       everything above in one file

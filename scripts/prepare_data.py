@@ -12,7 +12,10 @@ then validation (--train-size, at least 100, by default). With --split-by molecu
 test set holds whole molecules that no training or validation record shares: a group's per-conformer
 'smiles' dataset where it has one (scripts/generate_reference_data.py many-molecules writes it),
 otherwise the group, which in the ANI-1x release is a formula (so isomers go to the test set
-together). metadata.json records split_by and the number of molecules in each split.
+together). metadata.json records split_by and the number of molecules in each split. With
+--test-conformations K it also writes OUT/test_conformations: unseen conformations of training
+molecules (one per training molecule at most, up to K, from a pool of one conformation per other
+molecule set aside before train and validation are drawn; it grows with --train-size).
 
 --out must be absent, an empty directory, or (with --overwrite) a dataset this script wrote;
 anything else there is refused, never deleted. Staging directories (.NAME.*.partial beside --out)
@@ -84,6 +87,14 @@ def get_parser() -> argparse.ArgumentParser:
         "train and validation are conformations of the other molecules (default: conformation)",
     )
     parser.add_argument(
+        "--test-conformations",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --split-by molecule: also write OUT/test_conformations, up to K unseen conformations of training "
+        "molecules (at most one per training molecule; never in train or validation) (default 0: none)",
+    )
+    parser.add_argument(
         "--energy-key",
         default=None,
         help="dataset/key holding the energies (default: ani1x 'wb97x_dz.energy' in Ha, e.g. 'ccsd(t)_cbs.energy'; "
@@ -148,6 +159,7 @@ def run(args: argparse.Namespace) -> dict:
         check_units=not args.skip_unit_check,
         overwrite=args.overwrite,
         split_by=args.split_by,
+        test_conformations=args.test_conformations,
     )
     for warning in metadata["unit_warnings"]:
         print(f"warning: {warning}", file=sys.stderr)

@@ -80,3 +80,45 @@ def test_prepare_data_cli_records_the_split_mode(tmp_path):
         ]  # fmt: skip
         assert script.main([*arguments, *(["--split-by", mode] if mode == "molecule" else [])]) == 0
         assert json.loads((out / "metadata.json").read_text())["split_by"] == mode
+
+
+def test_unseen_conformations_are_of_training_molecules_and_in_no_other_split():
+    molecules = molecules_of([4, 9, 2, 6, 1] * 300)
+    plain = make_molecule_split(molecules, 200, 200, 500, seed=3)
+    split = make_molecule_split(molecules, 200, 200, 500, seed=3, test_conformations=100)
+    np.testing.assert_array_equal(split.test, plain.test)  # the unseen-molecule test set is unchanged
+    assert split.sizes() == {"train": 200, "val": 200, "test": len(plain.test), "test_conformations": 100}
+    others = np.concatenate([split.train, split.val, split.test])
+    assert not set(split.test_conformations) & set(others)
+    conformation_molecules = molecules[split.test_conformations]
+    assert set(conformation_molecules) <= set(molecules[split.train])
+    assert len(np.unique(conformation_molecules)) == len(conformation_molecules)  # one per molecule
+    assert plain.test_conformations is None and "test_conformations" not in plain.sizes()
+
+
+def test_unseen_conformations_grow_with_the_training_set_and_are_capped():
+    molecules = molecules_of([5, 8, 3, 6] * 400)
+    small, large = (make_molecule_split(molecules, n, 100, 500, seed=1, test_conformations=10_000) for n in (50, 400))
+    assert set(small.train) <= set(large.train)
+    assert set(small.test_conformations) <= set(large.test_conformations)
+    assert len(small.test_conformations) == len(np.unique(molecules[small.train]))  # uncapped: every molecule
+    capped = make_molecule_split(molecules, 400, 100, 500, seed=1, test_conformations=20)
+    assert len(capped.test_conformations) == 20 and set(capped.test_conformations) <= set(large.test_conformations)
+
+
+def test_prepare_writes_the_unseen_conformation_split_and_the_cli_rejects_it_without_a_molecule_split(tmp_path):
+    metadata = prepare_dataset(
+        Ani1xSource(ANI1X_SMALL), tmp_path / "ds", 10, 10, 16, 1, split_by="molecule", test_conformations=8
+    )
+    indices = json.loads((tmp_path / "ds/split_indices.json").read_text())
+    size = metadata["split_sizes"]["test_conformations"]
+    assert 1 <= size <= 8 and len(indices["test_conformations"]) == size
+    assert metadata["split_molecules"]["test_conformations"] == size
+    assert (tmp_path / "ds/test_conformations/data.lmdb").is_file()
+    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts/prepare_data.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    arguments = ["ani1x", "--src", str(ANI1X_SMALL), "--out", str(tmp_path / "c"), "--train-size", "8",
+                 "--val-size", "8", "--test-size", "16", "--test-conformations", "4"]  # fmt: skip
+    assert script.main(arguments) == 2
+    assert not (tmp_path / "c").exists()

@@ -39,11 +39,13 @@ from piwsl.data.units import ENERGY_UNIT, FORCE_UNIT, POSITION_UNIT
 from piwsl.data.validation import DataFormatError, check_energy_unit, check_label_magnitudes, check_structure
 
 SPLITS = ("train", "val", "test")
+#: Optional extra split (``--test-conformations``): unseen conformations of training molecules.
+EXTRA_SPLITS = ("test_conformations",)
 #: Record indices (in the source's order of usable records) of each split, one JSON object.
 SPLIT_INDICES_FILE = "split_indices.json"
 METADATA_FILE = "metadata.json"
 #: Everything a dataset directory written by piwsl holds (``split_request.json``: the experiment runner's).
-DATASET_ENTRIES = frozenset({*SPLITS, METADATA_FILE, SPLIT_INDICES_FILE, "split_request.json"})
+DATASET_ENTRIES = frozenset({*SPLITS, *EXTRA_SPLITS, METADATA_FILE, SPLIT_INDICES_FILE, "split_request.json"})
 
 
 def is_prepared_dataset(path: Path) -> bool:
@@ -74,7 +76,7 @@ def check_output_path(out_dir: Path, source: Path, overwrite: bool) -> None:
         if not is_prepared_dataset(out_dir):
             check_replaceable(out_dir, (), "a dataset prepared by piwsl (no valid metadata.json)")
         check_replaceable(out_dir, DATASET_ENTRIES, "only a dataset prepared by piwsl")
-        for split in SPLITS:
+        for split in SPLITS + EXTRA_SPLITS:
             if (out_dir / split).exists():
                 check_replaceable(out_dir / split, LMDB_DIRECTORY_ENTRIES, "an LMDB directory written by piwsl")
         if not overwrite:
@@ -149,6 +151,7 @@ def prepare_dataset(
     check_units: bool = True,
     overwrite: bool = False,
     split_by: str = "conformation",
+    test_conformations: int = 0,
 ) -> dict:
     """Write ``out_dir/{train,val,test}/data.lmdb`` and ``out_dir/metadata.json``; return the metadata.
 
@@ -166,6 +169,8 @@ def prepare_dataset(
         split_by: ``"conformation"`` (the paper's shuffle of records, ``splits.make_split``) or
             ``"molecule"`` (a test set of whole molecules no other split has, from the source's
             ``molecule_ids()``, ``splits.make_molecule_split``).
+        test_conformations: with ``split_by="molecule"``, also write ``test_conformations``: at most
+            this many unseen conformations of training molecules (``splits.make_molecule_split``).
     """
     if not isinstance(records, RecordSource):
         if source is None or data_format is None:
@@ -183,10 +188,12 @@ def prepare_dataset(
                 f"{format_default}); that test set changes with the training size: pass a test size "
                 "that fits the largest training size to keep it fixed"
             )
-    split, split_details = _draw_split(records, num_records, train_size, val_size, test_size, seed, split_by)
+    split, split_details = _draw_split(
+        records, num_records, train_size, val_size, test_size, seed, split_by, test_conformations
+    )
     assignment = np.zeros(num_records, dtype=np.int8)
-    for code, indices in enumerate((split.train, split.val, split.test), start=1):
-        assignment[indices] = code
+    for code, name in enumerate(split.names(), start=1):
+        assignment[getattr(split, name)] = code
     if self_energies == "fit":
         self_energies = fit_self_energies(records.compositions(assignment == 1))
     elif self_energies == "none":
@@ -195,7 +202,7 @@ def prepare_dataset(
         raise ValueError(f"self_energies must be 'fit', 'none' or a SelfEnergies, not {self_energies!r}")
     with staging_directory(out_dir) as staging:
         statistics, elements, has_forces = _write_splits(
-            records, assignment, staging, self_energies, train_without_forces, check_units
+            records, assignment, split.names(), staging, self_energies, train_without_forces, check_units
         )
         unit_warnings = (
             check_label_magnitudes(statistics, records.energy_unit, self_energies.method != "none", str(records.path))
@@ -227,7 +234,7 @@ def prepare_dataset(
             "unit_warnings": unit_warnings,
             "piwsl_version": version("piwsl"),
         }
-        indices = {name: getattr(split, name).tolist() for name in SPLITS}
+        indices = {name: getattr(split, name).tolist() for name in split.names()}
         (staging / SPLIT_INDICES_FILE).write_text(json.dumps(indices, separators=(",", ":")) + "\n")
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
         check_output_path(out_dir, records.path, overwrite)  # what was checked may have changed meanwhile
@@ -236,9 +243,21 @@ def prepare_dataset(
 
 
 def _draw_split(
-    records: RecordSource, num_records: int, train_size: int, val_size: int, test_size: int, seed: int, split_by: str
+    records: RecordSource,
+    num_records: int,
+    train_size: int,
+    val_size: int,
+    test_size: int,
+    seed: int,
+    split_by: str,
+    test_conformations: int = 0,
 ) -> tuple[Split, dict]:
     """The split by conformation or by molecule, and what ``metadata.json`` records about it."""
+    if test_conformations and split_by != "molecule":
+        raise ValueError(
+            "--test-conformations needs --split-by molecule (split by conformation, the test set is "
+            "unseen conformations already)"
+        )
     if split_by == "conformation":
         return make_split(num_records, train_size, val_size, test_size, seed), {"split_by": split_by}
     if split_by != "molecule":
@@ -249,21 +268,27 @@ def _draw_split(
             f"{records.path}: the {records.data_format} format has no molecule identity; split by "
             "'conformation' (a split by molecule needs ani1x)"
         )
-    split = make_molecule_split(molecules, train_size, val_size, test_size, seed)
-    counts = {name: int(np.unique(molecules[getattr(split, name)]).size) for name in SPLITS}
-    return split, {"split_by": split_by, "split_molecules": counts}
+    split = make_molecule_split(molecules, train_size, val_size, test_size, seed, test_conformations)
+    counts = {name: int(np.unique(molecules[getattr(split, name)]).size) for name in split.names()}
+    details = {"split_by": split_by, "split_molecules": counts}
+    if test_conformations:
+        details["test_conformations_requested"] = test_conformations
+    if test_conformations and len(split.test_conformations) == 0:
+        raise ValueError("no training molecule has a conformation left for --test-conformations")
+    return split, details
 
 
 def _write_splits(
     records: RecordSource,
     assignment: np.ndarray,
+    names: tuple[str, ...],
     staging: Path,
     self_energies: SelfEnergies,
     train_without_forces: bool,
     check_units: bool,
 ) -> tuple[dict, set[int], bool]:
     """Stream the chosen records into one LMDB per split; return train statistics, elements, force presence."""
-    writers = [LmdbWriter(staging / name) for name in SPLITS]
+    writers = [LmdbWriter(staging / name) for name in names]
     statistics = TrainStatistics()
     elements: set[int] = set()
     has_forces: bool | None = None
@@ -293,9 +318,9 @@ def _write_splits(
             writer.abort()
         raise
     written = [writer.close() for writer in writers]
-    expected = [int(np.count_nonzero(assignment == code)) for code in (1, 2, 3)]
+    expected = [int(np.count_nonzero(assignment == code)) for code in range(1, len(names) + 1)]
     if written != expected:
         raise DataFormatError(
-            f"{records.path}: read {written} train/val/test records, expected {expected}; did it change while read?"
+            f"{records.path}: read {written} {'/'.join(names)} records, expected {expected}; did it change while read?"
         )
     return statistics.to_json(), elements, bool(has_forces)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -14,9 +14,15 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    #: Unseen conformations of training molecules (``make_molecule_split``), if asked for.
+    test_conformations: np.ndarray | None = None
+
+    def names(self) -> tuple[str, ...]:
+        """The splits this split has, in the order they are written."""
+        return ("train", "val", "test") + (() if self.test_conformations is None else ("test_conformations",))
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+        return {name: len(getattr(self, name)) for name in self.names()}
 
 
 def default_val_size(train_size: int) -> int:
@@ -59,7 +65,9 @@ def make_split(num_records: int, train_size: int, val_size: int, test_size: int,
     return Split(train=np.sort(rest[:train_size]), val=np.sort(rest[train_size : train_size + val_size]), test=test)
 
 
-def make_molecule_split(molecules: np.ndarray, train_size: int, val_size: int, test_size: int, seed: int) -> Split:
+def make_molecule_split(
+    molecules: np.ndarray, train_size: int, val_size: int, test_size: int, seed: int, test_conformations: int = 0
+) -> Split:
     """Split records by molecule for the test set: it holds only molecules no other split has.
 
     ``molecules`` (n,) gives each record's molecule identity (any values comparable for equality).
@@ -70,9 +78,21 @@ def make_molecule_split(molecules: np.ndarray, train_size: int, val_size: int, t
     conformations, the test set unseen molecules). Unless that cap binds, the test set depends only
     on ``molecules``, ``test_size`` and ``seed``: it is the same for every training size, and
     training sets of increasing size are nested. Indices are returned sorted.
+
+    ``test_conformations`` > 0 adds a second test set of *unseen conformations of training
+    molecules*: before train and validation are drawn, one conformation of every other molecule
+    with at least two is set aside (the first of it in the shuffled order; this pool does not
+    depend on the training size), and the split holds the pooled conformations of the molecules
+    that have training records, the first ``test_conformations`` of them in that order. So it
+    never overlaps train or validation, and at most one conformation per training molecule is in
+    it: its size is at most ``min(test_conformations, molecules in train)``, and it grows with the
+    training set (nested, as the training sets are, while the cap does not bind).
     """
-    if train_size < 1 or val_size < 0 or test_size < 1:
-        raise ValueError(f"split sizes must be positive: train={train_size}, val={val_size}, test={test_size}")
+    if train_size < 1 or val_size < 0 or test_size < 1 or test_conformations < 0:
+        raise ValueError(
+            f"split sizes must be positive: train={train_size}, val={val_size}, test={test_size}, "
+            f"test_conformations={test_conformations}"
+        )
     num_records = len(molecules)
     rng = np.random.default_rng(seed)
     _, record_molecule, counts = np.unique(molecules, return_inverse=True, return_counts=True)
@@ -87,8 +107,28 @@ def make_molecule_split(molecules: np.ndarray, train_size: int, val_size: int, t
         )
     in_test = np.isin(record_molecule, order[:taken])
     rest = rng.permutation(np.flatnonzero(~in_test))
-    return Split(
-        train=np.sort(rest[:train_size]),
-        val=np.sort(rest[train_size : train_size + val_size]),
-        test=np.flatnonzero(in_test),
+    pool = None
+    if test_conformations > 0:
+        rest, pool = _set_aside_one_per_molecule(rest, record_molecule)
+        if rest.size < train_size + val_size:
+            raise ValueError(
+                f"{num_records} records of {counts.size} molecules leave {rest.size} for train={train_size} + "
+                f"val={val_size} once the test molecules and one conformation per other molecule are set aside"
+            )
+    train = rest[:train_size]
+    split = Split(
+        train=np.sort(train), val=np.sort(rest[train_size : train_size + val_size]), test=np.flatnonzero(in_test)
     )
+    if pool is None:
+        return split
+    seen = np.isin(record_molecule[pool], record_molecule[train])
+    return replace(split, test_conformations=np.sort(pool[seen][:test_conformations]))
+
+
+def _set_aside_one_per_molecule(order: np.ndarray, record_molecule: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split the record ``order`` into what stays and the first record of each molecule with >= 2 records in it."""
+    molecules = record_molecule[order]
+    _, first, counts = np.unique(molecules, return_index=True, return_counts=True)
+    chosen = np.zeros(order.size, dtype=bool)
+    chosen[first[counts >= 2]] = True
+    return order[~chosen], order[chosen]

@@ -13,6 +13,12 @@ kcal/mol/Å), columns are N_train x method (x the method's group, e.g. FB/GB for
 lowest mean of each group of columns in bold. Relative gain of a method over the study's
 reference method, per seed (same seed = same split): ``100 * (1 - RMSE_method / RMSE_reference)``
 (positive: the method is better), then mean ± std over seeds.
+
+Runs tested on more than one test split (``test_splits`` of a results file, e.g. ``test`` of
+unseen molecules and ``test_conformations`` of unseen conformations of training molecules,
+``prepare_data.py --split-by molecule --test-conformations``) get one table and one gain table
+per split: ``tables/<study>__<dataset>.md`` for ``test``, ``tables/<study>__<dataset>__<split>.md``
+for the others.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from pathlib import Path
 #: Row quantity -> key of the test errors in a results file.
 QUANTITIES = {"energy": "energy_rmse", "force": "forces_rmse"}
 MISSING = "—"
+#: Entries of a split's errors that are counts or labels, not errors (``piwsl.evaluate.Errors``).
+NOT_AVERAGED = ("num_structures", "energy_unit", "in_training_set")
+#: How tables name each test split (``test`` depends on the split mode: see ``split_label``).
+SPLIT_LABELS = {"test_conformations": "unseen conformations of training molecules"}
 
 
 @dataclass(frozen=True)
@@ -159,12 +169,30 @@ def study_results(study: dict, results: list[dict]) -> list[dict]:
     return [r for r in results if r["run"] in runs]
 
 
+def test_splits(results: list[dict]) -> list[str]:
+    """The test splits the results were evaluated on: ``test`` first, then the others in order of appearance."""
+    names = ["test"]
+    for result in results:
+        names += [name for name in result.get("test_splits", ["test"]) if name not in names]
+    return names
+
+
+def split_label(split: str, results: list[dict]) -> str:
+    """How a table names ``split``: ``test`` of a split by molecule holds unseen molecules."""
+    if split == "test":
+        by_molecule = results and all(r.get("split_by") == "molecule" for r in results)
+        return "test (unseen molecules)" if by_molecule else "test"
+    return f"{split} ({SPLIT_LABELS[split]})" if split in SPLIT_LABELS else split
+
+
 def summarize(results: list[dict], split: str = "test") -> dict[tuple, dict[str, Stat]]:
     """(dataset, backbone, method, N_train, tag) -> metric -> Stat over seeds (errors of ``split``, wall time)."""
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for result in results:
+        if split not in result:
+            continue
         for metric, value in result[split].items():
-            if metric != "num_structures" and value is not None:
+            if metric not in NOT_AVERAGED and isinstance(value, (int, float)):
                 values[_key(result)][metric].append(float(value))
         values[_key(result)]["train_wall_s"].append(float(result["train_wall_s"]))
     return {key: {metric: mean_std(v) for metric, v in metrics.items()} for key, metrics in values.items()}
@@ -184,10 +212,10 @@ def _labels(study: dict, results: list[dict]) -> tuple[dict, dict, dict, dict]:
     return backbone, method, group, dataset
 
 
-def benchmark_table(study: dict, dataset: str, results: list[dict], digits: int = 2) -> Table:
-    """Table 1/2/3 layout for one data set of a study."""
+def benchmark_table(study: dict, dataset: str, results: list[dict], digits: int = 2, split: str = "test") -> Table:
+    """Table 1/2/3 layout for one data set of a study, errors on ``split``."""
     mine = [r for r in study_results(study, results) if r["dataset"] == dataset]
-    summary = summarize(mine)
+    summary = summarize(mine, split)
     backbone_label, method_label, method_group, dataset_label = _labels(study, mine)
     sizes, methods = study["train_sizes"], study["methods"]
     columns = [(n, m) for n in sizes for m in methods]
@@ -195,7 +223,10 @@ def benchmark_table(study: dict, dataset: str, results: list[dict], digits: int 
     for n, m in columns:
         parts = ([f"N={n}"] if len(sizes) > 1 else []) + ([method_group[m]] if method_group.get(m) else [])
         header.append((", ".join(parts) + ": " if parts else "") + method_label.get(m, m))
-    table = Table(title=f"{study['title']} — {dataset_label.get(dataset, dataset)}", header=header, rows=[])
+    title = f"{study['title']} — {dataset_label.get(dataset, dataset)}"
+    if split != "test" or len(test_splits(mine)) > 1:
+        title += f" — {split_label(split, mine)}"
+    table = Table(title=title, header=header, rows=[])
     expected, tag = len(study["seeds"]), study.get("tag")
     for backbone in study["backbones"]:
         for k, (quantity, metric) in enumerate(QUANTITIES.items()):
@@ -212,18 +243,18 @@ def benchmark_table(study: dict, dataset: str, results: list[dict], digits: int 
                 if rivals and mean < min(v[2] for v in rivals):
                     table.bold.add((len(table.rows) - 1, c))
     table.notes.append(
-        f"Mean ± sample std over {expected} seed(s) (fewer where marked n=k); test RMSE on "
-        f"{_test_sizes(mine)} structures; energy kcal/mol, force kcal/mol/Å; lowest mean per group in bold."
+        f"Mean ± sample std over {expected} seed(s) (fewer where marked n=k); {split} RMSE on "
+        f"{_test_sizes(mine, split)} structures; energy kcal/mol, force kcal/mol/Å; lowest mean per group in bold."
     )
     return table
 
 
-def _test_sizes(results: list[dict]) -> str:
-    sizes = sorted({r["test"]["num_structures"] for r in results})
+def _test_sizes(results: list[dict], split: str = "test") -> str:
+    sizes = sorted({r[split]["num_structures"] for r in results if split in r})
     return "/".join(str(s) for s in sizes) or "0"
 
 
-def relative_gains(study: dict, results: list[dict]) -> dict[tuple, dict[str, Stat]]:
+def relative_gains(study: dict, results: list[dict], split: str = "test") -> dict[tuple, dict[str, Stat]]:
     """(dataset, backbone, method, N_train, tag) -> quantity -> Stat of the per-seed gain (%) over the reference."""
     reference = study.get("reference")
     if reference is None:
@@ -233,24 +264,27 @@ def relative_gains(study: dict, results: list[dict]) -> dict[tuple, dict[str, St
     gains: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (dataset, backbone, method, size, tag, seed), result in by_seed.items():
         base = by_seed.get((dataset, backbone, reference, size, tag, seed))
-        if method == reference or base is None:
+        if method == reference or base is None or split not in result or split not in base:
             continue
         for quantity, metric in QUANTITIES.items():
-            ours, theirs = result["test"][metric], base["test"][metric]
+            ours, theirs = result[split][metric], base[split][metric]
             if ours is not None and theirs:
                 gains[(dataset, backbone, method, size, tag)][quantity].append(100.0 * (1.0 - ours / theirs))
     return {key: {q: mean_std(v) for q, v in values.items()} for key, values in gains.items()}
 
 
-def gain_table(study: dict, results: list[dict], digits: int = 1) -> Table:
-    """The relative gains as a table: rows data set x backbone x method, columns N_train x quantity."""
-    gains = relative_gains(study, results)
+def gain_table(study: dict, results: list[dict], digits: int = 1, split: str = "test") -> Table:
+    """The relative gains on ``split`` as a table: rows data set x backbone x method, columns N_train x quantity."""
+    gains = relative_gains(study, results, split)
     mine = study_results(study, results)
     backbone_label, method_label, _, dataset_label = _labels(study, mine)
     sizes = study["train_sizes"]
     header = ["Data set", "Model", "Method"] + [f"N={n}: {q} gain (%)" for n in sizes for q in QUANTITIES]
     reference = method_label.get(study.get("reference"), study.get("reference"))
-    table = Table(title=f"{study['title']} — relative gain over {reference}", header=header, rows=[])
+    title = f"{study['title']} — relative gain over {reference}"
+    if split != "test" or len(test_splits(mine)) > 1:
+        title += f" — {split_label(split, mine)}"
+    table = Table(title=title, header=header, rows=[])
     expected, tag = len(study["seeds"]), study.get("tag")
     for dataset in study["datasets"]:
         for backbone in study["backbones"]:
@@ -368,17 +402,18 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
 
 
 def summary_rows(results: list[dict]) -> list[dict]:
-    """Long format: one row per (dataset, backbone, method, N_train, tag) with numeric means and stds."""
-    summary = summarize(results)
+    """Long format: one row per (dataset, backbone, method, N_train, tag, test split) with numeric means and stds."""
     rows = []
-    for (dataset, backbone, method, size, tag), metrics in sorted(summary.items(), key=lambda item: str(item[0])):
-        row = {"dataset": dataset, "backbone": backbone, "method": method, "train_size": size, "tag": tag or ""}
-        row["seeds"] = max(stat.count for stat in metrics.values())
-        for metric in ("energy_rmse", "energy_mae", "forces_rmse", "forces_mae", "train_wall_s"):
-            stat = metrics.get(metric)
-            row[f"{metric}_mean"] = None if stat is None else stat.mean
-            row[f"{metric}_std"] = None if stat is None else stat.std
-        rows.append(row)
+    for split in test_splits(results):
+        summary = summarize(results, split)
+        for (dataset, backbone, method, size, tag), metrics in sorted(summary.items(), key=lambda item: str(item[0])):
+            row = {"dataset": dataset, "backbone": backbone, "method": method, "train_size": size, "tag": tag or ""}
+            row["seeds"] = max(stat.count for stat in metrics.values())
+            for metric in ("energy_rmse", "energy_mae", "forces_rmse", "forces_mae", "train_wall_s"):
+                stat = metrics.get(metric)
+                row[f"{metric}_mean"] = None if stat is None else stat.mean
+                row[f"{metric}_std"] = None if stat is None else stat.std
+            rows.append(row | {"split": split})
     return rows
 
 
@@ -410,22 +445,26 @@ def aggregate(results_dir: Path, out_dir: Path, digits: int = 2) -> str:
     for study in load_studies(results_dir, results):
         if not study_results(study, results):
             continue
+        splits = test_splits(study_results(study, results))
         for dataset in study["datasets"]:
-            table = benchmark_table(study, dataset, results, digits)
             stem = f"{study['name']}__{dataset}"
-            (tables_dir / f"{stem}.md").write_text(table.to_markdown())
-            table.write_csv(tables_dir / f"{stem}.csv")
-            sections.append(table.to_markdown())
+            for split in splits:
+                table = benchmark_table(study, dataset, results, digits, split)
+                name = stem if split == "test" else f"{stem}__{split}"
+                (tables_dir / f"{name}.md").write_text(table.to_markdown())
+                table.write_csv(tables_dir / f"{name}.csv")
+                sections.append(table.to_markdown())
             if plot_gains(study, dataset, results, figures_dir / f"gain_{stem}.png"):
                 sections.append(f"![relative gains]({Path('..') / 'figures' / f'gain_{stem}.png'})\n")
         table = runtime_table(study, results)
         (tables_dir / f"{study['name']}__runtime.md").write_text(table.to_markdown())
         table.write_csv(tables_dir / f"{study['name']}__runtime.csv")
         sections.append(table.to_markdown())
-        if study.get("reference"):
-            table = gain_table(study, results)
-            (tables_dir / f"{study['name']}__gains.md").write_text(table.to_markdown())
-            table.write_csv(tables_dir / f"{study['name']}__gains.csv")
+        for split in splits if study.get("reference") else []:
+            table = gain_table(study, results, split=split)
+            name = f"{study['name']}__gains" + ("" if split == "test" else f"__{split}")
+            (tables_dir / f"{name}.md").write_text(table.to_markdown())
+            table.write_csv(tables_dir / f"{name}.csv")
             sections.append(table.to_markdown())
     rows = summary_rows(results)
     with open(tables_dir / "summary.csv", "w", newline="") as stream:

@@ -23,7 +23,9 @@ settings, except those the base config's own text fixes), the data set's, backbo
 defaults' and study's ``overrides``, then the data paths and ``optim.max_steps``. Relative paths
 are relative to the repository root. A run is named
 ``<dataset>-<backbone>-<method>-n<N_train>-s<seed>[-<study tag>]``; a run that two studies share
-is trained once (its settings must then agree).
+is trained once (its settings must then agree). A method may set its own step cap (``max_steps``)
+and take its training-time budget from another method's finished run (``wall_clock_from``, see
+``MethodSpec``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,11 @@ class MethodSpec:
 
     ``group`` puts the method under a column group of its own (e.g. FB/GB in Table 3);
     ``energy_only`` trains on a split without force labels (``prepare_data.py --energy-only``);
-    ``configs`` takes the run configs from this directory instead of the data set's.
+    ``configs`` takes the run configs from this directory instead of the data set's;
+    ``max_steps`` (a number or N_train -> number) replaces the study's step cap for this method;
+    ``wall_clock_from`` names another method of the study whose finished run of the same data set,
+    backbone, N_train and seed gives this run its training-time budget (``optim.max_wall_seconds``,
+    resolved by the runner: the equal-wall-clock comparison).
     """
 
     name: str
@@ -99,6 +105,8 @@ class MethodSpec:
     energy_only: bool = False
     configs: str | None = None
     overrides: dict = field(default_factory=dict)
+    max_steps: int | dict[int, int] | None = None
+    wall_clock_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,8 @@ class RunSpec:
     max_steps: int
     tag: str | None
     overrides: dict
+    #: The run whose training time is this run's budget (``MethodSpec.wall_clock_from``).
+    wall_clock_source: RunSpec | None = None
 
     @property
     def base_config(self) -> Path:
@@ -165,6 +175,7 @@ class RunSpec:
             "split_seed": self.split_seed,
             "max_steps": self.max_steps,
             "tag": self.tag,
+            "wall_clock_from": None if self.wall_clock_source is None else self.wall_clock_source.name,
         }
 
 
@@ -242,7 +253,7 @@ _DATASET_KEYS = {
     "overrides",
 }
 _BACKBONE_KEYS = {"config", "label", "model", "overrides"}
-_METHOD_KEYS = {"config", "label", "group", "energy_only", "configs", "overrides"}
+_METHOD_KEYS = {"config", "label", "group", "energy_only", "configs", "overrides", "max_steps", "wall_clock_from"}
 _RUN_SETTING_KEYS = {"seeds", "train_sizes", "max_steps", "overrides"}
 _STUDY_KEYS = _RUN_SETTING_KEYS | {"title", "datasets", "backbones", "methods", "reference", "tag"}
 _GRID_KEYS = {"name", "description", "datasets", "backbones", "methods", "defaults", "studies"}
@@ -315,6 +326,13 @@ def parse_grid(content: dict, name: str = "grid") -> Grid:
         for key, value in content["methods"].items()
         if _check_keys(value, _METHOD_KEYS, f"methods.{key}", ("config",))
     }
+    for key, method in methods.items():
+        source = method.wall_clock_from
+        if source is not None and (source not in methods or methods[source].wall_clock_from is not None):
+            raise GridError(
+                f"methods.{key}.wall_clock_from = {source!r}; allowed: a method without wall_clock_from of its own "
+                f"({', '.join(m for m in methods if methods[m].wall_clock_from is None)})"
+            )
     defaults = _check_keys(content.get("defaults", {}), _RUN_SETTING_KEYS, "defaults")
     studies = []
     for key, value in content["studies"].items():
@@ -357,6 +375,13 @@ def parse_grid(content: dict, name: str = "grid") -> Grid:
             runs.setdefault(run.name, run)
             names.append(run.name)
         study_runs[study.name] = tuple(names)
+    for run in runs.values():
+        source = run.wall_clock_source
+        if source is not None and runs.get(source.name) != source:
+            raise GridError(
+                f"run {run.name} takes its wall-clock budget from run {source.name}, which no study of the grid "
+                f"runs with the same settings; add method {source.method.name} to the study"
+            )
     return Grid(
         name=str(content.get("name", name)),
         description=str(content.get("description", "")),
@@ -383,22 +408,44 @@ def expand_study(
                 f"datasets.{dataset}.test_size = {data.test_size!r} has no integer entry for N_train {train_size} "
                 f"(study {study.name})"
             )
-        overrides = merge(merge(merge(data.overrides, model.overrides), how.overrides), study.overrides)
-        name = f"{dataset}-{backbone}-{method}-n{train_size}-s{seed}" + (f"-{study.tag}" if study.tag else "")
-        runs.append(
-            RunSpec(
-                name=name,
-                dataset=data,
-                backbone=model,
-                method=how,
-                train_size=train_size,
-                seed=seed,
-                max_steps=study.max_steps[train_size],
-                tag=study.tag,
-                overrides=overrides,
-            )
-        )
+        source = None
+        if how.wall_clock_from is not None:
+            if how.wall_clock_from not in study.methods:
+                raise GridError(
+                    f"methods.{method}.wall_clock_from = {how.wall_clock_from!r} is not a method of study {study.name}"
+                )
+            source = _run(study, data, model, methods[how.wall_clock_from], train_size, seed)
+        runs.append(_run(study, data, model, how, train_size, seed, source))
     return runs
+
+
+def _run(
+    study: StudySpec,
+    data: DatasetSpec,
+    model: BackboneSpec,
+    how: MethodSpec,
+    train_size: int,
+    seed: int,
+    wall_clock_source: RunSpec | None = None,
+) -> RunSpec:
+    """One run of ``study``; its step cap is the method's if it sets one, else the study's."""
+    overrides = merge(merge(merge(data.overrides, model.overrides), how.overrides), study.overrides)
+    name = f"{data.name}-{model.name}-{how.name}-n{train_size}-s{seed}" + (f"-{study.tag}" if study.tag else "")
+    max_steps = study.max_steps[train_size]
+    if how.max_steps is not None:
+        max_steps = _max_steps(how.max_steps, (train_size,), f"methods.{how.name}")[train_size]
+    return RunSpec(
+        name=name,
+        dataset=data,
+        backbone=model,
+        method=how,
+        train_size=train_size,
+        seed=seed,
+        max_steps=max_steps,
+        tag=study.tag,
+        overrides=overrides,
+        wall_clock_source=wall_clock_source,
+    )
 
 
 def load_grid(path: Path) -> Grid:

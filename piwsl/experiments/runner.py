@@ -44,9 +44,10 @@ import yaml
 from fairchem.core.common.utils import load_config
 from tqdm import tqdm
 
+from piwsl.convergence import CONVERGENCE_KEY, WALL_SECONDS_KEY
 from piwsl.data.formats import FORMATS
 from piwsl.data.lmdb_writer import check_replaceable
-from piwsl.data.prepare import DATASET_ENTRIES, file_checksum
+from piwsl.data.prepare import DATASET_ENTRIES, EXTRA_SPLITS, file_checksum
 from piwsl.data.splits import default_test_size, default_val_size
 from piwsl.experiments.grid import ROOT, Grid, RunSpec, merge, resolve
 
@@ -73,6 +74,10 @@ class PreparedDataMismatch(RunFailed):
 
 class RunLocked(RunFailed):
     """Another runner holds the run's lock: it is training the run now."""
+
+
+class WaitingForRun(RunFailed):
+    """A run whose wall-clock budget comes from another run that has not finished yet."""
 
 
 @dataclass(frozen=True)
@@ -317,13 +322,37 @@ def model_overrides(run: RunSpec) -> dict:
 
 
 def run_overrides(run: RunSpec, paths: Paths) -> dict:
-    """Everything merged onto the base config: model file, grid overrides, data paths, steps."""
+    """Everything merged onto the base config: model file, grid overrides, data paths, steps, time budget."""
     data = paths.data(run)
     fixed = {
         "dataset": {"train": {"src": relative(data / "train")}, "val": {"src": relative(data / "val")}, "test": None},
         "optim": {"max_steps": run.max_steps},
     }
+    if run.wall_clock_source is not None:
+        fixed["optim"][WALL_SECONDS_KEY] = round(wall_clock_budget(run, paths), 1)
     return merge(merge(model_overrides(run), run.overrides), fixed)
+
+
+def training_seconds(result: dict) -> float:
+    """A finished run's training time (s): the trainer's own count (validation included, start-up and test not).
+
+    Results written before the trainer counted it give the training subprocess's wall time instead.
+    """
+    convergence = result.get("convergence") or {}
+    return float(convergence.get("training_s") or result["train_wall_s"])
+
+
+def wall_clock_budget(run: RunSpec, paths: Paths) -> float:
+    """The training time of ``run``'s wall-clock source run; ``WaitingForRun`` if that run is not done."""
+    source = run.wall_clock_source
+    result = read_result(paths.result_file(source))
+    current = hash_config(render_config(source, paths), source.seed)
+    if result is None or result.get("config_hash") != current:
+        raise WaitingForRun(
+            f"{run.name}: its wall-clock budget is the training time of run {source.name}, which is not done; "
+            f"run that first (--only '{source.name}')"
+        )
+    return training_seconds(result)
 
 
 def render_config(run: RunSpec, paths: Paths) -> str:
@@ -379,9 +408,13 @@ def read_result(path: Path) -> dict | None:
 def run_status(run: RunSpec, paths: Paths) -> str:
     """``done`` (results with the current config hash), ``partial`` (a checkpoint to resume) or ``todo``.
 
-    Writes nothing (``--list`` only looks).
+    Writes nothing (``--list`` only looks). A run waiting for its wall-clock source run is
+    ``waiting for <source run>``.
     """
-    current = hash_config(render_config(run, paths), run.seed)
+    try:
+        current = hash_config(render_config(run, paths), run.seed)
+    except WaitingForRun:
+        return f"waiting for {run.wall_clock_source.name}"
     result = read_result(paths.result_file(run))
     if result is not None and result.get("config_hash") == current:
         return "done"
@@ -539,13 +572,22 @@ def _git_commit() -> str | None:
     return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def evaluate_run(checkpoint: Path, data: Path, options: Options) -> dict:
-    """Errors of ``checkpoint`` on ``data`` (kcal/mol, kcal/mol/Å), the trainer freed afterwards."""
+def evaluation_splits(data: Path, options: Options) -> list[str]:
+    """The splits a run is tested on: ``options.eval_split``, and for ``test`` every extra test split prepared."""
+    if options.eval_split != "test":
+        return [options.eval_split]
+    return ["test"] + [name for name in EXTRA_SPLITS if (data / name).is_dir()]
+
+
+def evaluate_run(checkpoint: Path, data: Path, options: Options, splits: list[str]) -> dict:
+    """Split name -> errors of ``checkpoint`` on that split of ``data`` (kcal/mol, kcal/mol/Å); trainer freed after."""
     from piwsl.evaluate import evaluate, load_trainer
 
     trainer = load_trainer(checkpoint, cpu=options.use_cpu())
     try:
-        return asdict(evaluate(trainer, data, options.eval_batch_size, options.progress))
+        return {
+            name: asdict(evaluate(trainer, data / name, options.eval_batch_size, options.progress)) for name in splits
+        }
     finally:
         del trainer
         gc.collect()
@@ -604,9 +646,11 @@ def execute_run(
             final = torch.load(checkpoint_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
             best_state = torch.load(best, map_location="cpu", weights_only=False)
             started = time.perf_counter()
-            errors = evaluate_run(best, data / options.eval_split, options)
+            splits = evaluation_splits(data, options)
+            errors = evaluate_run(best, data, options, splits)
             eval_wall = time.perf_counter() - started
             metadata = json.loads((data / "metadata.json").read_text())
+            convergence = final["config"].get(CONVERGENCE_KEY)
             result = run.describe() | {
                 "config_hash": config_hash,
                 "run_id": identifier,
@@ -615,14 +659,18 @@ def execute_run(
                 "command": portable(command),
                 "piwsl": asdict(PIWSLConfig.from_dict(final["config"]["optim"].get("piwsl"))),
                 "steps": int(final["step"]),
+                "convergence": convergence,
+                "max_wall_seconds": final["config"]["optim"].get(WALL_SECONDS_KEY),
                 "train_wall_s": sum(attempt["wall_s"] for attempt in attempts),
                 "attempts": len(attempts),
                 "eval_wall_s": eval_wall,
                 "data": relative(data),
                 "split_sizes": metadata["split_sizes"],
+                "split_by": metadata.get("split_by", "conformation"),
+                "test_splits": splits,
                 "best_checkpoint": relative(best),
                 "val_metrics": {key: value["metric"] for key, value in (best_state.get("val_metrics") or {}).items()},
-                options.eval_split: errors,
+                **errors,
                 "host": socket.gethostname(),
                 "device": "cpu" if options.use_cpu() else torch.cuda.get_device_name(),
                 "git_commit": _git_commit(),
@@ -652,7 +700,12 @@ def run_locally(runs: Iterable[RunSpec], paths: Paths, options: Options) -> list
     for run in bar:
         bar.set_postfix_str(run.name)
         try:
-            if run_status(run, paths) == "done":
+            status = run_status(run, paths)
+            if status == "done":
+                continue
+            if status.startswith("waiting"):
+                failures.append(f"{run.name}: not run, {status} (its wall-clock budget)")
+                tqdm.write(f"SKIPPED {failures[-1]}")
                 continue
         except Exception as error:
             failures.append(str(record_failure(run, paths, error)))
@@ -719,7 +772,11 @@ def submit_slurm(runs: list[RunSpec], paths: Paths, options: Options, slurm: Slu
     """Prepare every split here, then submit the unfinished runs as one SLURM array; return job ids."""
     from submitit import AutoExecutor
 
-    pending = [run for run in runs if run_status(run, paths) != "done"]
+    statuses = {run.name: run_status(run, paths) for run in runs}
+    waiting = [name for name, status in statuses.items() if status.startswith("waiting")]
+    if waiting:
+        print(f"not submitted, their wall-clock source runs are not done: {', '.join(waiting)}", file=sys.stderr)
+    pending = [run for run in runs if statuses[run.name] != "done" and run.name not in waiting]
     for run in tqdm(pending, desc="prepare splits", disable=not options.progress):
         prepare_split(run, paths)
     if not pending:
