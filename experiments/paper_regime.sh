@@ -11,8 +11,8 @@
 #    the chosen setting the lane stops (exit 3) with the line to write into the grid: edit it and
 #    rerun. Then the main comparison at N 1000 seed 0, energy-only at N 1000 seed 0, N 100 seed 0,
 #    seeds 1-2, and the remaining energy-only runs.
-# 2. painn_grad lane: the runs that need no tuned setting first (N 1000 seed 0), then it waits for
-#    the painn lane's choice in the same way and continues like the painn lane.
+# 2. painn_grad lane: the -dE/dr model's baseline and PIWSL runs (N 1000 then 100, seed by seed)
+#    and its energy-only runs after seed 0; it needs no tuned setting.
 # Each equal-wall-clock run (baseline_wall) runs after the trapezoid run it takes its time from.
 # For a trial on a copy of the grid (e.g. with max_steps 5), set PAPER_REGIME_GRID to the copy and
 # PAPER_REGIME_OUT to a directory that gets its results/, work/ and data/.
@@ -54,16 +54,12 @@ painn_lane() {
   run --study energy_only
 }
 painn_grad_lane() {
-  for method in baseline taylor trapezoid weak_label baseline_wall; do
-    main --only "molecules-painn_grad-$method-n1000-s0"
+  # the -dE/dr model runs the paper's baseline and PIWSL only: nothing waits for the tuned setting
+  for seed in 0 1 2; do
+    run --study main_gradient --only "molecules-painn_grad-*-n1000-s$seed"
+    run --study main_gradient --only "molecules-painn_grad-*-n100-s$seed"
+    [ "$seed" = 0 ] && run --study energy_only_gradient
   done
-  run --study energy_only_gradient --only '*-n1000-s0'
-  tuned_is_set
-  main_block painn_grad 1000 0
-  main_block painn_grad 100 0
-  for seed in 1 2; do main_block painn_grad 1000 "$seed"; done
-  for seed in 1 2; do main_block painn_grad 100 "$seed"; done
-  run --study energy_only_gradient
 }
 report() {
   .venv/bin/python scripts/aggregate.py "$results"
