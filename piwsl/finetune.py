@@ -6,9 +6,19 @@ keeps, the weights fairchem evaluates; a ``best_checkpoint.pt`` holds only those
 configured model and keeps everything else of the new run fresh: optimizer, learning-rate schedule,
 step count, EMA, and the normalizers, fitted on the fine-tuning set as the config says (a change of
 level of theory shifts energies; per-element reference energies are refitted when the fine-tuning
-set is prepared with ``prepare_data.py --self-energies fit``). Parameters whose names match a
+set is prepared with ``prepare_data.py --self-energies fit``). A target the new run does not
+normalize because its fine-tuning set has no labels of it (the forces of an energy-only set, for a
+model with a force head) keeps the checkpoint's normalizer: the pretrained head's output keeps its
+meaning (``keep_missing_normalizers``). Parameters whose names match a
 ``freeze`` pattern (``fnmatch``, e.g. ``embedding.*``) are not trained. A resumed fine-tuning run
 continues from its own ``checkpoint.pt`` like any run (fairchem loads it after the trainer is built).
+
+Element references on a fine-tuning set of one composition (e.g. MD frames of one molecule): the
+least-squares fit of ``prepare_data.py --self-energies fit`` then determines only the sum of the
+references over that composition; the minimum-norm solution it takes (``piwsl.data.references``)
+makes that sum the mean training energy, so every split's energies become the total energy minus
+the training mean (a shift), and the per-element values mean nothing for other compositions.
+metadata.json records the fit's ``rank`` (1 for one composition); ``prepare_data.py`` warns.
 
 Refused with one line naming the mismatch: a checkpoint of another architecture or size, one trained
 on data in other units, and a fine-tuning set with elements the pretrained model never saw (unless
@@ -154,6 +164,7 @@ def start_from_checkpoint(trainer, settings: FinetuneConfig) -> list[str]:
         averaged = ExponentialMovingAverage(trainer.model.parameters(), 0.0)
         averaged.load_state_dict(checkpoint["ema"])
         averaged.copy_to(trainer.model.parameters())
+    kept = keep_missing_normalizers(trainer, checkpoint)
     frozen = freeze_parameters(model, settings.freeze)
     if getattr(trainer, "ema", None) is not None:  # the average restarts from the loaded weights
         from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
@@ -162,8 +173,27 @@ def start_from_checkpoint(trainer, settings: FinetuneConfig) -> list[str]:
     logging.info(
         f"fine-tuning from {settings.checkpoint} ({settings.weights} weights); "
         f"{len(frozen)} parameter tensor(s) frozen; fresh optimizer, schedule and normalizers"
+        + (f" (the checkpoint's kept for {', '.join(kept)}: no such labels here)" if kept else "")
     )
     return frozen
+
+
+def keep_missing_normalizers(trainer, checkpoint: dict) -> list[str]:
+    """Give ``trainer`` the checkpoint's normalizer of every target it has none for; return those targets.
+
+    An energy-only fine-tuning set fits no force normalizer; a direct force head pretrained to
+    predict forces in units of the pretraining force RMS would otherwise be read as kcal/mol/Å.
+    (Gradient forces have a normalizer tied to the energy's already.)
+    """
+    from fairchem.core.modules.normalization.normalizer import create_normalizer
+
+    kept = []
+    for target, state in (checkpoint.get("normalizers") or {}).items():
+        if target in trainer.normalizers or target not in trainer.output_targets:
+            continue
+        trainer.normalizers[target] = create_normalizer(state_dict=state).to(trainer.device)
+        kept.append(target)
+    return kept
 
 
 def freeze_parameters(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[str]:

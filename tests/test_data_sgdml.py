@@ -212,3 +212,19 @@ def test_test_file_mismatches_are_one_line(tmp_path, capsys, extra, train_withou
     assert error.startswith("error: ") and len(error.strip().splitlines()) == 1
     assert re.search(message, error), error
     assert not (tmp_path / "out").exists()
+
+
+def test_self_energies_fitted_on_one_composition_subtract_the_mean_training_energy(tmp_path, caplog):
+    """One molecule's frames determine only the sum of the references over its composition (rank 1)."""
+    metadata = prepare("sgdml", sgdml_npz(tmp_path / "ethanol.npz"), tmp_path / "out", "--self-energies", "fit")
+    references = metadata["element_references"]
+    assert references["rank"] == 1 and set(references["energies"]) == {"C", "H", "O"}
+    composition = {"C": 2, "H": 6, "O": 1}
+    total = sum(count * references["energies"][symbol] for symbol, count in composition.items())
+    train = np.load(ETHANOL_NPZ)["energies"][json.loads((tmp_path / "out/split_indices.json").read_text())["train"]]
+    assert total == pytest.approx(train.mean(), abs=1e-6)
+    vector = np.array(list(composition.values()), dtype=float)  # the minimum-norm solution is along the counts
+    values = np.array([references["energies"][symbol] for symbol in composition])
+    np.testing.assert_allclose(values, vector * train.mean() / vector.dot(vector), rtol=1e-9)
+    assert "determine only 1 combination(s) of the 3 element self energies" in caplog.text
+    assert metadata["train_statistics"]["energy_mean"] == pytest.approx(0.0, abs=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 from pathlib import Path
 
@@ -162,3 +163,26 @@ def test_a_checkpoint_of_fairchems_own_trainer_and_painn_fine_tunes(tmp_path):
     )
     assert type(tuned._unwrapped_model).__name__ != "PaiNN"  # piwsl's PaiNN, fairchem's weights
     assert all(torch.equal(weights[name], p) for name, p in tuned._unwrapped_model.named_parameters())
+
+
+def test_energy_only_fine_tuning_keeps_the_pretrained_force_normalizer(pretrained, tmp_path):
+    """The force head of the checkpoint predicts forces in units of its force RMS; an energy-only set fits none."""
+    checkpoint, _ = pretrained
+    saved = torch.load(checkpoint, weights_only=False)["normalizers"]
+    assert "forces" in saved and float(saved["forces"]["rmsd"]) != 1.0
+    data = prepare_ethanol(tmp_path, energy_only=True)
+    config = tiny_config(data, tmp_path, {"method": "baseline"})
+    config["loss_functions"] = [
+        {"energy": {"fn": "mae", "coefficient": 1}},
+        {"forces": {"fn": "l2mae", "coefficient": 0}},
+    ]
+    config["dataset"]["train"]["transforms"] = {
+        "normalizer": {"fit": {"targets": ["energy"], "override_values": {}, "batch_size": 64}}
+    }
+    config["evaluation_metrics"]["primary_metric"] = "energy_mae"
+    scratch = make_trainer(copy.deepcopy(config))
+    assert "forces" not in scratch.normalizers
+    del scratch
+    config["optim"]["finetune"] = {"checkpoint": str(checkpoint)}
+    trainer = make_trainer(config)
+    assert float(trainer.normalizers["forces"].rmsd) == pytest.approx(float(saved["forces"]["rmsd"]))

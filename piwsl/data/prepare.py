@@ -206,6 +206,13 @@ def prepare_dataset(
         assignment[indices] = code
     if self_energies == "fit":
         self_energies = fit_self_energies(records.compositions(assignment == 1))
+        if self_energies.rank is not None and self_energies.rank < len(self_energies.energies):
+            logging.warning(
+                f"{records.path}: the training split's compositions determine only {self_energies.rank} combination(s) "
+                f"of the {len(self_energies.energies)} element self energies (e.g. one molecule's frames); the "
+                "minimum-norm fit subtracts the right total from these compositions only, its per-element values "
+                "do not transfer to other compositions"
+            )
     elif self_energies == "none":
         self_energies = SelfEnergies()
     elif not isinstance(self_energies, SelfEnergies):
