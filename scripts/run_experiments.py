@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
                 status = run_status(spec, paths)
             except RunFailed as error:
                 status = f"error ({error})"
+            if status == "waiting":
+                status = f"waiting (fine-tunes from {spec.pretrained.name}, not finished)"
             print(f"{spec.name:50s} {status}")
         return 0
     if args.prepare_only:

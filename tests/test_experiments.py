@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import stat
 import sys
@@ -672,3 +673,98 @@ def test_hpo_trials_table_orders_by_exact_objective_values():
     rows = trial_rows(study, ["forces_mae"])
     assert [row["trial"] for row in rows] == [1, 0, 2]
     assert rows[0]["pareto"] == "yes" and rows[1]["pareto"] == ""
+
+
+# ------------------------------------------------------------------------------------------ pretrain -> fine-tune
+def finetune_grid(tmp_path: Path, template: str = "ethanol-{backbone}-baseline-n16-s{seed}") -> dict:
+    """The tiny grid plus a fine-tuning method whose runs start from the baseline runs of N_train 16."""
+    content = grid_content(tmp_path)
+    content["methods"]["ft"] = {"config": "piwsl", "finetune_from": template, "finetune": {"weights": "raw"}}
+    content["studies"] = {
+        "finetune": {"datasets": ["ethanol"], "backbones": ["painn"], "methods": ["ft"], "train_sizes": [32]},
+        "pretrain": {"datasets": ["ethanol"], "backbones": ["painn"], "methods": ["baseline"], "train_sizes": [16]},
+    }
+    return content
+
+
+def test_finetune_from_names_a_run_of_the_grid_and_pretraining_goes_first(tmp_path):
+    from piwsl.experiments.grid import pretraining_first
+
+    grid = parse_grid(finetune_grid(tmp_path))
+    runs = {run.name: run for run in grid.runs}
+    fine = runs["ethanol-painn-ft-n32-s1"]
+    assert (
+        fine.pretrained == runs["ethanol-painn-baseline-n16-s1"]
+        and fine.describe()["finetune_from"] == fine.pretrained.name
+    )
+    assert runs["ethanol-painn-baseline-n16-s0"].pretrained is None
+    assert [run.name for run in grid.runs][:2] == ["ethanol-painn-ft-n32-s0", "ethanol-painn-ft-n32-s1"]
+    ordered = [run.name for run in pretraining_first(list(grid.runs))]
+    seed_0 = ["ethanol-painn-baseline-n16-s0", "ethanol-painn-ft-n32-s0"]
+    assert ordered == seed_0 + [name.replace("-s0", "-s1") for name in seed_0]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"finetune_from": "ethanol-{backbone}-baseline-n16-s{sed}"}, "unknown placeholder {sed}; allowed: {dataset}"),
+        (
+            {"finetune_from": "ethanol-{backbone}-baseline-n17-s{seed}"},
+            "gives 'ethanol-painn-baseline-n17-s0', which is "
+            "not a run of this grid; closest: ethanol-painn-baseline-n16-s0",
+        ),
+        ({"finetune_from": "ethanol-{backbone}-ft-n32-s{seed}"}, "finetune_from makes a cycle"),
+        ({"finetune": {"checkpoint": "x.pt"}}, "finetune.checkpoint: the runner sets it from finetune_from"),
+        ({"finetune_from": None, "finetune": {"weights": "raw"}}, "finetune is set without finetune_from"),
+    ],
+)
+def test_finetune_from_errors_name_the_method_and_run(tmp_path, change, message):
+    content = finetune_grid(tmp_path)
+    content["methods"]["ft"] = {k: v for k, v in (content["methods"]["ft"] | change).items() if v is not None}
+    with pytest.raises(GridError, match=re.escape(message)):
+        parse_grid(content)
+
+
+def test_a_fine_tuning_run_waits_for_its_pretraining_and_hashes_the_checkpoint(tmp_path, capsys):
+    paths = paths_in(tmp_path)
+    runs = {run.name: run for run in parse_grid(finetune_grid(tmp_path)).runs}
+    fine, source = runs["ethanol-painn-ft-n32-s0"], runs["ethanol-painn-baseline-n16-s0"]
+    assert runner.run_status(fine, paths) == "waiting"
+    with pytest.raises(
+        runner.PretrainingNotFinished, match="fine-tunes from ethanol-painn-baseline-n16-s0, which is not"
+    ):
+        runner.write_config(fine, paths)
+    failures = runner.run_locally([fine], paths, runner.Options(progress=False))
+    assert len(failures) == 1 and "which is not finished" in failures[0] and not paths.failure_file(fine).exists()
+    _, _, source_hash = runner.write_config(source, paths)
+    best = paths.checkpoint_dir(runner.run_id(source, source_hash)) / "best_checkpoint.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"weights 1")
+    runner.write_json_atomic(paths.result_file(source), {"config_hash": source_hash})
+    assert runner.run_status(fine, paths) == "todo"
+    _, text, first = runner.write_config(fine, paths)
+    assert yaml.safe_load(text)["finetune"] == {"weights": "raw", "checkpoint": str(best)}
+    best.write_bytes(b"weights 2")  # the pretraining run trained again (same config, other weights)
+    assert runner.write_config(fine, paths)[2] != first, "a retrained pretraining must make its fine-tunes stale"
+    grid_file = tmp_path / "grid.yml"
+    grid_file.write_text(yaml.safe_dump(finetune_grid(tmp_path)))
+    arguments = ["--grid", str(grid_file), "--results-dir", str(paths.results_dir), "--work-dir", str(paths.work_dir)]
+    assert load_script("scripts/run_experiments.py").main([*arguments, "--list"]) == 0
+    assert "waiting (fine-tunes from ethanol-painn-baseline-n16-s1, not finished)" in capsys.readouterr().out
+
+
+def test_end_to_end_pretraining_then_fine_tuning_through_the_runner(tmp_path):
+    grid_file = tmp_path / "grid.yml"
+    content = finetune_grid(tmp_path)
+    content["defaults"] |= {"seeds": [0], "max_steps": 4, "overrides": {"optim": {"eval_every": 4}}}
+    grid_file.write_text(yaml.safe_dump(content))
+    arguments = ["--grid", str(grid_file), "--results-dir", str(tmp_path / "results"), "--work-dir"]
+    arguments += [str(tmp_path / "work"), "--data-dir", str(tmp_path / "data"), "--no-progress", "--device", "cpu"]
+    assert load_script("scripts/run_experiments.py").main(arguments) == 0
+    source = json.loads((tmp_path / "results/runs/ethanol-painn-baseline-n16-s0.json").read_text())
+    fine = json.loads((tmp_path / "results/runs/ethanol-painn-ft-n32-s0.json").read_text())
+    assert fine["steps"] == 4 and fine["finetune_from"] == source["run"] and math.isfinite(fine["test"]["energy_rmse"])
+    assert fine["pretrained"]["checkpoint"] == source["best_checkpoint"].replace(str(ROOT) + "/", "")
+    checkpoint = torch.load(tmp_path / fine["best_checkpoint"] if not Path(fine["best_checkpoint"]).is_absolute()
+                            else fine["best_checkpoint"], weights_only=False)  # fmt: skip
+    assert checkpoint["config"]["optim"]["finetune"]["checkpoint"] == fine["pretrained"]["checkpoint"]
