@@ -9,9 +9,10 @@ level of theory shifts energies; per-element reference energies are refitted whe
 set is prepared with ``prepare_data.py --self-energies fit``). A target the new run does not
 normalize because its fine-tuning set has no labels of it (the forces of an energy-only set, for a
 model with a force head) keeps the checkpoint's normalizer: the pretrained head's output keeps its
-meaning (``keep_missing_normalizers``). Parameters whose names match a
-``freeze`` pattern (``fnmatch``, e.g. ``embedding.*``) are not trained. A resumed fine-tuning run
-continues from its own ``checkpoint.pt`` like any run (fairchem loads it after the trainer is built).
+meaning; ``normalizers: checkpoint`` takes every normalizer from the checkpoint (``take_normalizers``).
+Parameters whose names match a ``freeze`` pattern (``fnmatch``, e.g. ``embedding.*``) are not
+trained. A resumed fine-tuning run continues from its own ``checkpoint.pt`` like any run
+(fairchem loads it after the trainer is built).
 
 Element references on a fine-tuning set of one composition (e.g. MD frames of one molecule): the
 least-squares fit of ``prepare_data.py --self-energies fit`` then determines only the sum of the
@@ -58,12 +59,17 @@ class FinetuneConfig:
         weights: ``ema`` (the checkpoint's exponential moving average, as evaluated, where it has one) or
             ``raw`` (the optimizer's current weights of a training checkpoint).
         allow_new_elements: accept fine-tuning data with elements absent from the pretraining data.
+        normalizers: ``refit`` (fitted on the fine-tuning set as the config says; targets it has no
+            labels of keep the checkpoint's) or ``checkpoint`` (every normalizer the checkpoint has: the
+            pretrained model's output keeps its scale, e.g. when the fine-tuning set's energy spread,
+            one molecule's conformations, is far below the pretraining set's).
     """
 
     checkpoint: str
     freeze: tuple[str, ...] = ()
     weights: str = "ema"
     allow_new_elements: bool = False
+    normalizers: str = "refit"
 
     @classmethod
     def from_dict(cls, section: Any, where: str = "finetune") -> FinetuneConfig:
@@ -79,6 +85,8 @@ class FinetuneConfig:
         freeze = [freeze] if isinstance(freeze, str) else freeze
         if not isinstance(freeze, list | tuple) or not all(isinstance(p, str) for p in freeze):
             raise PIWSLConfigError(f"{where}.freeze = {freeze!r}; allowed: a list of parameter-name patterns")
+        if section.get("normalizers", "refit") not in ("refit", "checkpoint"):
+            raise PIWSLConfigError(f"{where}.normalizers = {section['normalizers']!r}; allowed: refit, checkpoint")
         if section.get("weights", "ema") not in ("ema", "raw"):
             raise PIWSLConfigError(f"{where}.weights = {section['weights']!r}; allowed: ema, raw")
         if not isinstance(section.get("allow_new_elements", False), bool):
@@ -164,7 +172,7 @@ def start_from_checkpoint(trainer, settings: FinetuneConfig) -> list[str]:
         averaged = ExponentialMovingAverage(trainer.model.parameters(), 0.0)
         averaged.load_state_dict(checkpoint["ema"])
         averaged.copy_to(trainer.model.parameters())
-    kept = keep_missing_normalizers(trainer, checkpoint)
+    kept = take_normalizers(trainer, checkpoint, every=settings.normalizers == "checkpoint")
     frozen = freeze_parameters(model, settings.freeze)
     if getattr(trainer, "ema", None) is not None:  # the average restarts from the loaded weights
         from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
@@ -173,27 +181,31 @@ def start_from_checkpoint(trainer, settings: FinetuneConfig) -> list[str]:
     logging.info(
         f"fine-tuning from {settings.checkpoint} ({settings.weights} weights); "
         f"{len(frozen)} parameter tensor(s) frozen; fresh optimizer, schedule and normalizers"
-        + (f" (the checkpoint's kept for {', '.join(kept)}: no such labels here)" if kept else "")
+        + (f" (the checkpoint's normalizers for {', '.join(kept)})" if kept else "")
     )
     return frozen
 
 
-def keep_missing_normalizers(trainer, checkpoint: dict) -> list[str]:
-    """Give ``trainer`` the checkpoint's normalizer of every target it has none for; return those targets.
+def take_normalizers(trainer, checkpoint: dict, every: bool = False) -> list[str]:
+    """Give ``trainer`` the checkpoint's normalizers: of every target it has none for, or with ``every``
+    of every target; return those targets.
 
     An energy-only fine-tuning set fits no force normalizer; a direct force head pretrained to
     predict forces in units of the pretraining force RMS would otherwise be read as kcal/mol/Å.
-    (Gradient forces have a normalizer tied to the energy's already.)
+    Gradient forces stay tied to the energy's normalizer (``PIWSLTrainer._tie_force_normalizer``).
     """
     from fairchem.core.modules.normalization.normalizer import create_normalizer
 
-    kept = []
+    taken = []
     for target, state in (checkpoint.get("normalizers") or {}).items():
-        if target in trainer.normalizers or target not in trainer.output_targets:
+        if target not in trainer.output_targets or (target in trainer.normalizers and not every):
             continue
         trainer.normalizers[target] = create_normalizer(state_dict=state).to(trainer.device)
-        kept.append(target)
-    return kept
+        taken.append(target)
+    tie = getattr(trainer, "_tie_force_normalizer", None)
+    if taken and tie is not None:
+        tie()
+    return taken
 
 
 def freeze_parameters(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[str]:

@@ -12,7 +12,8 @@ import yaml
 from trainer_helpers import make_trainer, prepare_ethanol, tiny_config
 
 from piwsl.cli import main
-from piwsl.finetune import FinetuneError
+from piwsl.config import PIWSLConfigError
+from piwsl.finetune import FinetuneConfig, FinetuneError
 from piwsl.training_data import TRAINING_DATA_KEY
 
 
@@ -186,3 +187,22 @@ def test_energy_only_fine_tuning_keeps_the_pretrained_force_normalizer(pretraine
     config["optim"]["finetune"] = {"checkpoint": str(checkpoint)}
     trainer = make_trainer(config)
     assert float(trainer.normalizers["forces"].rmsd) == pytest.approx(float(saved["forces"]["rmsd"]))
+
+
+def test_normalizers_checkpoint_takes_every_normalizer_of_the_pretrained_model(pretrained, tmp_path):
+    """One molecule's energies spread far less than a pretraining set's: keep the pretrained output scale."""
+    checkpoint, _ = pretrained
+
+    def rescaled(saved):
+        for target in ("energy", "forces"):
+            saved["normalizers"][target]["rmsd"] = torch.tensor(7.0)
+
+    altered = altered_checkpoint(checkpoint, tmp_path / "scaled.pt", rescaled)
+    refit = make_trainer(finetune_config(prepare_ethanol(tmp_path / "refit"), tmp_path / "refit", altered))
+    assert float(refit.normalizers["energy"].rmsd) != pytest.approx(7.0)
+    del refit
+    data = prepare_ethanol(tmp_path / "kept")
+    trainer = make_trainer(finetune_config(data, tmp_path / "kept", altered, normalizers="checkpoint"))
+    assert {target: float(n.rmsd) for target, n in trainer.normalizers.items()} == {"energy": 7.0, "forces": 7.0}
+    with pytest.raises(PIWSLConfigError, match="finetune.normalizers = 'fresh'; allowed: refit, checkpoint"):
+        FinetuneConfig.from_dict({"checkpoint": "x.pt", "normalizers": "fresh"})
