@@ -768,3 +768,29 @@ def test_end_to_end_pretraining_then_fine_tuning_through_the_runner(tmp_path):
     checkpoint = torch.load(tmp_path / fine["best_checkpoint"] if not Path(fine["best_checkpoint"]).is_absolute()
                             else fine["best_checkpoint"], weights_only=False)  # fmt: skip
     assert checkpoint["config"]["optim"]["finetune"]["checkpoint"] == fine["pretrained"]["checkpoint"]
+
+
+def test_a_split_with_a_test_file_is_checked_against_that_files_checksum(tmp_path):
+    data = dict(np.load(ETHANOL))
+    train, test = tmp_path / "train.npz", tmp_path / "test.npz"
+    np.savez(train, **{k: v[:40] if k in ("coords", "energies") else v for k, v in data.items() if k != "forces"})
+    np.savez(test, **{k: v[40:] if k in ("coords", "energies", "forces") else v for k, v in data.items()})
+    content = grid_content(tmp_path)
+    content["datasets"]["ethanol"] |= {
+        "src": str(train),
+        "test_size": 20,
+        "prepare_args": ["--force-key", "none", "--test-src", str(test)],
+    }
+    paths = paths_in(tmp_path)
+    run = parse_grid(content).runs[0]
+    split = paths.data(run)  # prepared in this process as the runner's subprocess would (faster)
+    prepare = load_script("scripts/prepare_data.py")
+    prepare.run(prepare.get_parser().parse_args([str(part) for part in runner.prepare_command(run, split)[2:]]))
+    runner.write_json_atomic(split / runner.SPLIT_REQUEST_FILE, runner.split_request(run))
+    metadata = json.loads((split / "metadata.json").read_text())
+    assert metadata["split_sizes"] == {"train": 16, "val": 8, "test": 20} and metadata["test_has_forces"]
+    assert runner.prepare_split(run, paths) == split
+    data["energies"] = data["energies"] + 1.0  # the test file relabelled
+    np.savez(test, **{k: v[40:] if k in ("coords", "energies", "forces") else v for k, v in data.items()})
+    with pytest.raises(runner.PreparedDataMismatch, match="test_source_sha256"):
+        runner.prepare_split(run, paths)

@@ -198,9 +198,9 @@ def split_mismatches(directory: Path, run: RunSpec) -> list[str]:
     Compared with its ``metadata.json``: format, source path and SHA-256, split seed, train and
     validation sizes, force labels of the training split, and the test size, which must equal the
     requested one, or the format's default for the source when none is requested
-    (``splits.default_test_size``). The extra ``prepare_args`` are compared with the
-    ``split_request.json`` the runner writes beside it; a split prepared before that record
-    existed counts as prepared without extra arguments.
+    (``splits.default_test_size``), and the SHA-256 of a ``--test-src`` file. The extra
+    ``prepare_args`` are compared with the ``split_request.json`` the runner writes beside it; a
+    split prepared before that record existed counts as prepared without extra arguments.
     """
     metadata = json.loads((directory / "metadata.json").read_text())
     request_file = directory / SPLIT_REQUEST_FILE
@@ -230,6 +230,9 @@ def split_mismatches(directory: Path, run: RunSpec) -> list[str]:
         ),
         "prepare_args": (recorded.get("prepare_args"), request["prepare_args"]),
     }
+    if metadata.get("test_source"):  # prepared with --test-src: that file must not have changed either
+        current = source_checksum(Path(metadata["test_source"])) or "unknown: the file does not exist"
+        pairs["test_source_sha256"] = (metadata.get("test_source_sha256"), current)
     return [
         f"{key} is {found!r}, the run asks for {asked!r}" for key, (found, asked) in pairs.items() if found != asked
     ]
