@@ -63,6 +63,9 @@ class FinetuneConfig:
             labels of keep the checkpoint's) or ``checkpoint`` (every normalizer the checkpoint has: the
             pretrained model's output keeps its scale, e.g. when the fine-tuning set's energy spread,
             one molecule's conformations, is far below the pretraining set's).
+        shift_energy: shift the energy normalizer's mean by the mean of label minus pretrained prediction
+            over the training set (kcal/mol; ``shift_energy_to_labels``), so that fine-tuning starts
+            without a constant offset between the two levels of theory.
     """
 
     checkpoint: str
@@ -70,6 +73,7 @@ class FinetuneConfig:
     weights: str = "ema"
     allow_new_elements: bool = False
     normalizers: str = "refit"
+    shift_energy: bool = False
 
     @classmethod
     def from_dict(cls, section: Any, where: str = "finetune") -> FinetuneConfig:
@@ -89,6 +93,8 @@ class FinetuneConfig:
             raise PIWSLConfigError(f"{where}.normalizers = {section['normalizers']!r}; allowed: refit, checkpoint")
         if section.get("weights", "ema") not in ("ema", "raw"):
             raise PIWSLConfigError(f"{where}.weights = {section['weights']!r}; allowed: ema, raw")
+        if not isinstance(section.get("shift_energy", False), bool):
+            raise PIWSLConfigError(f"{where}.shift_energy = {section['shift_energy']!r}; allowed: true, false")
         if not isinstance(section.get("allow_new_elements", False), bool):
             raise PIWSLConfigError(
                 f"{where}.allow_new_elements = {section['allow_new_elements']!r}; allowed: true, false"
@@ -173,6 +179,7 @@ def start_from_checkpoint(trainer, settings: FinetuneConfig) -> list[str]:
         averaged.load_state_dict(checkpoint["ema"])
         averaged.copy_to(trainer.model.parameters())
     kept = take_normalizers(trainer, checkpoint, every=settings.normalizers == "checkpoint")
+    shift = shift_energy_to_labels(trainer) if settings.shift_energy else None
     frozen = freeze_parameters(model, settings.freeze)
     if getattr(trainer, "ema", None) is not None:  # the average restarts from the loaded weights
         from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
@@ -182,6 +189,7 @@ def start_from_checkpoint(trainer, settings: FinetuneConfig) -> list[str]:
         f"fine-tuning from {settings.checkpoint} ({settings.weights} weights); "
         f"{len(frozen)} parameter tensor(s) frozen; fresh optimizer, schedule and normalizers"
         + (f" (the checkpoint's normalizers for {', '.join(kept)})" if kept else "")
+        + (f"; energy shifted by {shift:.4g} kcal/mol to the fine-tuning labels" if shift is not None else "")
     )
     return frozen
 
@@ -223,3 +231,37 @@ def freeze_parameters(model: torch.nn.Module, patterns: tuple[str, ...]) -> list
             parameter.requires_grad_(False)
             frozen.append(name)
     return frozen
+
+
+def shift_energy_to_labels(trainer) -> float:
+    """Add to the energy normalizer's mean the mean of (label - prediction) over the training set; return it (kcal/mol).
+
+    The loaded model, in evaluation mode, predicts every training structure once (in order, outside
+    the training loader: its sampler is not advanced). A new level of theory moves total energies
+    by a constant per composition that the element references of the fine-tuning set (``prepare_data.py
+    --self-energies fit``) and of the pretraining set do not cancel; for one composition (one
+    molecule's frames) this one shift removes it exactly, leaving the conformational variation to
+    learn. Forces are unaffected (a constant has no gradient).
+    """
+    from torch.utils.data import DataLoader
+
+    normalizer = trainer.normalizers.get("energy")
+    if normalizer is None:
+        raise FinetuneError("finetune.shift_energy needs an energy normalizer (dataset.train.transforms.normalizer)")
+    loader = DataLoader(trainer.train_dataset, batch_size=trainer.config["optim"].get("eval_batch_size", 16),
+                        shuffle=False, collate_fn=trainer.collater)  # fmt: skip
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in loader:
+            predicted = trainer._denorm_preds("energy", trainer._forward(batch)["energy"], batch).detach().reshape(-1)
+            labels = batch.energy.to(predicted.device).reshape(-1)
+            total += float((labels - predicted).double().sum())
+            count += labels.numel()
+    finally:
+        model.train(was_training)
+    shift = total / count
+    normalizer.mean += shift
+    return shift

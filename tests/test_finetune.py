@@ -13,7 +13,7 @@ from trainer_helpers import make_trainer, prepare_ethanol, tiny_config
 
 from piwsl.cli import main
 from piwsl.config import PIWSLConfigError
-from piwsl.finetune import FinetuneConfig, FinetuneError
+from piwsl.finetune import FinetuneConfig, FinetuneError, shift_energy_to_labels
 from piwsl.training_data import TRAINING_DATA_KEY
 
 
@@ -206,3 +206,20 @@ def test_normalizers_checkpoint_takes_every_normalizer_of_the_pretrained_model(p
     assert {target: float(n.rmsd) for target, n in trainer.normalizers.items()} == {"energy": 7.0, "forces": 7.0}
     with pytest.raises(PIWSLConfigError, match="finetune.normalizers = 'fresh'; allowed: refit, checkpoint"):
         FinetuneConfig.from_dict({"checkpoint": "x.pt", "normalizers": "fresh"})
+
+
+def test_shift_energy_removes_the_mean_offset_between_labels_and_pretrained_predictions(pretrained, tmp_path):
+    """A new level of theory: every label moved by a constant the pretrained model does not know."""
+    checkpoint, _ = pretrained
+    data = prepare_ethanol(tmp_path / "plain")
+    plain = make_trainer(finetune_config(data, tmp_path / "plain", checkpoint, normalizers="checkpoint"))
+    offset = shift_energy_to_labels(plain)  # the pretrained model's mean error on this set, kcal/mol
+    assert abs(offset) > 0.01
+    del plain
+    trainer = make_trainer(
+        finetune_config(prepare_ethanol(tmp_path / "shifted"), tmp_path / "shifted", checkpoint,
+                        normalizers="checkpoint", shift_energy=True)
+    )  # fmt: skip
+    saved = torch.load(checkpoint, weights_only=False)["normalizers"]["energy"]
+    assert float(trainer.normalizers["energy"].mean) == pytest.approx(float(saved["mean"]) + offset, abs=1e-3)
+    assert shift_energy_to_labels(trainer) == pytest.approx(0.0, abs=1e-3)  # nothing left to shift
