@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"submitted {len(jobs)} run(s) as SLURM array tasks: {', '.join(jobs) or 'none (all done)'}")
         return 0
     failures = run_locally(runs, paths, options)
+    write_grid_description(grid, paths)  # again: fine-tuning runs have a config hash once their pretraining is done
     print(f"{len(runs) - len(failures)} of {len(runs)} run(s) done; results in {paths.runs_dir}")
     for failure in failures:
         print(f"failed: {failure.splitlines()[0]}", file=sys.stderr)

@@ -398,6 +398,8 @@ def synthetic_results(tmp_path: Path) -> Path:
                         "forces_rmse": factor * 10.0,
                         "forces_mae": 1.0,
                         "num_structures": 500,
+                        "energy_unit": "kcal/mol",  # as piwsl.evaluate writes it
+                        "in_training_set": 0,
                     },
                 }
                 runner.write_json_atomic(runs_dir / f"{name}.json", result)

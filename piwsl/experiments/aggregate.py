@@ -164,7 +164,8 @@ def summarize(results: list[dict], split: str = "test") -> dict[tuple, dict[str,
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for result in results:
         for metric, value in result[split].items():
-            if metric != "num_structures" and value is not None:
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if metric not in ("num_structures", "in_training_set") and numeric:  # not energy_unit
                 values[_key(result)][metric].append(float(value))
         values[_key(result)]["train_wall_s"].append(float(result["train_wall_s"]))
     return {key: {metric: mean_std(v) for metric, v in metrics.items()} for key, metrics in values.items()}
