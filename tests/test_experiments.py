@@ -759,16 +759,16 @@ def test_end_to_end_pretraining_then_fine_tuning_through_the_runner(tmp_path):
     grid_file = tmp_path / "grid.yml"
     content = finetune_grid(tmp_path)
     content["defaults"] |= {"seeds": [0], "max_steps": 4, "overrides": {"optim": {"eval_every": 4}}}
+    content["studies"]["finetune"]["train_sizes"] = [16]  # the pretraining run's split: prepared once
     grid_file.write_text(yaml.safe_dump(content))
     arguments = ["--grid", str(grid_file), "--results-dir", str(tmp_path / "results"), "--work-dir"]
     arguments += [str(tmp_path / "work"), "--data-dir", str(tmp_path / "data"), "--no-progress", "--device", "cpu"]
     assert load_script("scripts/run_experiments.py").main(arguments) == 0
     source = json.loads((tmp_path / "results/runs/ethanol-painn-baseline-n16-s0.json").read_text())
-    fine = json.loads((tmp_path / "results/runs/ethanol-painn-ft-n32-s0.json").read_text())
+    fine = json.loads((tmp_path / "results/runs/ethanol-painn-ft-n16-s0.json").read_text())
     assert fine["steps"] == 4 and fine["finetune_from"] == source["run"] and math.isfinite(fine["test"]["energy_rmse"])
-    assert fine["pretrained"]["checkpoint"] == source["best_checkpoint"].replace(str(ROOT) + "/", "")
-    checkpoint = torch.load(tmp_path / fine["best_checkpoint"] if not Path(fine["best_checkpoint"]).is_absolute()
-                            else fine["best_checkpoint"], weights_only=False)  # fmt: skip
+    assert fine["pretrained"]["checkpoint"] == source["best_checkpoint"]
+    checkpoint = torch.load(ROOT / fine["best_checkpoint"], weights_only=False)  # absolute outside the repository
     assert checkpoint["config"]["optim"]["finetune"]["checkpoint"] == fine["pretrained"]["checkpoint"]
 
 
