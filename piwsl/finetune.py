@@ -6,9 +6,20 @@ keeps, the weights fairchem evaluates; a ``best_checkpoint.pt`` holds only those
 configured model and keeps everything else of the new run fresh: optimizer, learning-rate schedule,
 step count, EMA, and the normalizers, fitted on the fine-tuning set as the config says (a change of
 level of theory shifts energies; per-element reference energies are refitted when the fine-tuning
-set is prepared with ``prepare_data.py --self-energies fit``). Parameters whose names match a
-``freeze`` pattern (``fnmatch``, e.g. ``embedding.*``) are not trained. A resumed fine-tuning run
-continues from its own ``checkpoint.pt`` like any run (fairchem loads it after the trainer is built).
+set is prepared with ``prepare_data.py --self-energies fit``). A target the new run does not
+normalize because its fine-tuning set has no labels of it (the forces of an energy-only set, for a
+model with a force head) keeps the checkpoint's normalizer: the pretrained head's output keeps its
+meaning; ``normalizers: checkpoint`` takes every normalizer from the checkpoint (``take_normalizers``).
+Parameters whose names match a ``freeze`` pattern (``fnmatch``, e.g. ``embedding.*``) are not
+trained. A resumed fine-tuning run continues from its own ``checkpoint.pt`` like any run
+(fairchem loads it after the trainer is built).
+
+Element references on a fine-tuning set of one composition (e.g. MD frames of one molecule): the
+least-squares fit of ``prepare_data.py --self-energies fit`` then determines only the sum of the
+references over that composition; the minimum-norm solution it takes (``piwsl.data.references``)
+makes that sum the mean training energy, so every split's energies become the total energy minus
+the training mean (a shift), and the per-element values mean nothing for other compositions.
+metadata.json records the fit's ``rank`` (1 for one composition); ``prepare_data.py`` warns.
 
 Refused with one line naming the mismatch: a checkpoint of another architecture or size, one trained
 on data in other units, and a fine-tuning set with elements the pretrained model never saw (unless
@@ -48,12 +59,21 @@ class FinetuneConfig:
         weights: ``ema`` (the checkpoint's exponential moving average, as evaluated, where it has one) or
             ``raw`` (the optimizer's current weights of a training checkpoint).
         allow_new_elements: accept fine-tuning data with elements absent from the pretraining data.
+        normalizers: ``refit`` (fitted on the fine-tuning set as the config says; targets it has no
+            labels of keep the checkpoint's) or ``checkpoint`` (every normalizer the checkpoint has: the
+            pretrained model's output keeps its scale, e.g. when the fine-tuning set's energy spread,
+            one molecule's conformations, is far below the pretraining set's).
+        shift_energy: shift the energy normalizer's mean by the mean of label minus pretrained prediction
+            over the training set (kcal/mol; ``shift_energy_to_labels``), so that fine-tuning starts
+            without a constant offset between the two levels of theory.
     """
 
     checkpoint: str
     freeze: tuple[str, ...] = ()
     weights: str = "ema"
     allow_new_elements: bool = False
+    normalizers: str = "refit"
+    shift_energy: bool = False
 
     @classmethod
     def from_dict(cls, section: Any, where: str = "finetune") -> FinetuneConfig:
@@ -69,8 +89,12 @@ class FinetuneConfig:
         freeze = [freeze] if isinstance(freeze, str) else freeze
         if not isinstance(freeze, list | tuple) or not all(isinstance(p, str) for p in freeze):
             raise PIWSLConfigError(f"{where}.freeze = {freeze!r}; allowed: a list of parameter-name patterns")
+        if section.get("normalizers", "refit") not in ("refit", "checkpoint"):
+            raise PIWSLConfigError(f"{where}.normalizers = {section['normalizers']!r}; allowed: refit, checkpoint")
         if section.get("weights", "ema") not in ("ema", "raw"):
             raise PIWSLConfigError(f"{where}.weights = {section['weights']!r}; allowed: ema, raw")
+        if not isinstance(section.get("shift_energy", False), bool):
+            raise PIWSLConfigError(f"{where}.shift_energy = {section['shift_energy']!r}; allowed: true, false")
         if not isinstance(section.get("allow_new_elements", False), bool):
             raise PIWSLConfigError(
                 f"{where}.allow_new_elements = {section['allow_new_elements']!r}; allowed: true, false"
@@ -154,6 +178,8 @@ def start_from_checkpoint(trainer, settings: FinetuneConfig) -> list[str]:
         averaged = ExponentialMovingAverage(trainer.model.parameters(), 0.0)
         averaged.load_state_dict(checkpoint["ema"])
         averaged.copy_to(trainer.model.parameters())
+    kept = take_normalizers(trainer, checkpoint, every=settings.normalizers == "checkpoint")
+    shift = shift_energy_to_labels(trainer) if settings.shift_energy else None
     frozen = freeze_parameters(model, settings.freeze)
     if getattr(trainer, "ema", None) is not None:  # the average restarts from the loaded weights
         from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
@@ -162,8 +188,32 @@ def start_from_checkpoint(trainer, settings: FinetuneConfig) -> list[str]:
     logging.info(
         f"fine-tuning from {settings.checkpoint} ({settings.weights} weights); "
         f"{len(frozen)} parameter tensor(s) frozen; fresh optimizer, schedule and normalizers"
+        + (f" (the checkpoint's normalizers for {', '.join(kept)})" if kept else "")
+        + (f"; energy shifted by {shift:.4g} kcal/mol to the fine-tuning labels" if shift is not None else "")
     )
     return frozen
+
+
+def take_normalizers(trainer, checkpoint: dict, every: bool = False) -> list[str]:
+    """Give ``trainer`` the checkpoint's normalizers: of every target it has none for, or with ``every``
+    of every target; return those targets.
+
+    An energy-only fine-tuning set fits no force normalizer; a direct force head pretrained to
+    predict forces in units of the pretraining force RMS would otherwise be read as kcal/mol/Å.
+    Gradient forces stay tied to the energy's normalizer (``PIWSLTrainer._tie_force_normalizer``).
+    """
+    from fairchem.core.modules.normalization.normalizer import create_normalizer
+
+    taken = []
+    for target, state in (checkpoint.get("normalizers") or {}).items():
+        if target not in trainer.output_targets or (target in trainer.normalizers and not every):
+            continue
+        trainer.normalizers[target] = create_normalizer(state_dict=state).to(trainer.device)
+        taken.append(target)
+    tie = getattr(trainer, "_tie_force_normalizer", None)
+    if taken and tie is not None:
+        tie()
+    return taken
 
 
 def freeze_parameters(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[str]:
@@ -181,3 +231,37 @@ def freeze_parameters(model: torch.nn.Module, patterns: tuple[str, ...]) -> list
             parameter.requires_grad_(False)
             frozen.append(name)
     return frozen
+
+
+def shift_energy_to_labels(trainer) -> float:
+    """Add to the energy normalizer's mean the mean of (label - prediction) over the training set; return it (kcal/mol).
+
+    The loaded model, in evaluation mode, predicts every training structure once (in order, outside
+    the training loader: its sampler is not advanced). A new level of theory moves total energies
+    by a constant per composition that the element references of the fine-tuning set (``prepare_data.py
+    --self-energies fit``) and of the pretraining set do not cancel; for one composition (one
+    molecule's frames) this one shift removes it exactly, leaving the conformational variation to
+    learn. Forces are unaffected (a constant has no gradient).
+    """
+    from torch.utils.data import DataLoader
+
+    normalizer = trainer.normalizers.get("energy")
+    if normalizer is None:
+        raise FinetuneError("finetune.shift_energy needs an energy normalizer (dataset.train.transforms.normalizer)")
+    loader = DataLoader(trainer.train_dataset, batch_size=trainer.config["optim"].get("eval_batch_size", 16),
+                        shuffle=False, collate_fn=trainer.collater)  # fmt: skip
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in loader:
+            predicted = trainer._denorm_preds("energy", trainer._forward(batch)["energy"], batch).detach().reshape(-1)
+            labels = batch.energy.to(predicted.device).reshape(-1)
+            total += float((labels - predicted).double().sum())
+            count += labels.numel()
+    finally:
+        model.train(was_training)
+    shift = total / count
+    normalizer.mean += shift
+    return shift

@@ -10,6 +10,10 @@ permutation, and computes Kohn-Sham energies (and forces for the test frames) at
   provenance.json  PySCF version, level of theory, source file and SHA-256, frame indices, command, timings
   progress.jsonl   one line per finished frame; a killed run resumes from it (rerun the same command)
 
+--extend adds training frames to a finished set: with the same --src, level, --seed and --test-frames,
+--train-frames M > the stored count labels the next frames of the same permutation and rewrites the
+sets (the stored frames, labels and test set unchanged; the earlier runs' provenance under "history").
+
 Both npz files prepare with scripts/prepare_data.py sgdml (train.npz with --force-key none).
 Run with OMP_NUM_THREADS=1; --workers N labels N frames at a time.
 
@@ -41,6 +45,7 @@ from piwsl.datagen.dft import (
     DftError,
     DftLevel,
     check_level,
+    finished_labels,
     label_frames,
     plan_frames,
     write_sets,
@@ -67,6 +72,12 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid-level", type=int, default=3, help="PySCF integration grid level 0-9 (default 3)")
     parser.add_argument("--conv-tol", type=float, default=1e-9, help="SCF convergence threshold, Hartree (1e-9)")
     parser.add_argument("--workers", type=int, default=1, help="frames labelled at a time, one process each (1)")
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="add training frames to the finished set in --out (same --src, level, --seed and --test-frames); "
+        "its labels are kept, the new frames are the next ones of the same permutation",
+    )
     parser.add_argument("--name", default=None, help="molecule name stored in the npz files (default: --src's stem)")
     return parser
 
@@ -74,8 +85,10 @@ def get_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """Label the frames described by ``args`` and write the sets; return the provenance record."""
     finished = [args.out / name for name in (TRAIN_FILE, TEST_FILE) if (args.out / name).exists()]
-    if finished:
-        raise DftError(f"{finished[0]} exists: this set is complete; choose another --out")
+    if finished and not args.extend:
+        raise DftError(
+            f"{finished[0]} exists: this set is complete; choose another --out, or --extend to add training frames"
+        )
     if args.workers < 1:
         raise DftError(f"--workers must be >= 1, got {args.workers}")
     level = DftLevel(
@@ -96,8 +109,13 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         raise DftError("no frames requested: --train-frames and --test-frames are both 0")
     check_level(level, numbers)
     header = {"level": asdict(level), "source_sha256": file_checksum(args.src), "format": args.format}
+    known, earlier = {}, None
+    if args.extend:
+        expected = {"level": header["level"], "source_sha256": header["source_sha256"]}
+        expected |= {"source_format": args.format, "seed": args.seed}
+        known, earlier = finished_labels(args.out, plan, positions, expected)
     start = time.perf_counter()
-    labels = label_frames(numbers, positions, plan, level, args.out / PROGRESS_FILE, header, args.workers)
+    labels = label_frames(numbers, positions, plan, level, args.out / PROGRESS_FILE, header, args.workers, known=known)
     provenance = {
         "pyscf_version": version("pyscf"),
         "piwsl_version": _version("piwsl"),
@@ -108,13 +126,24 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "command": "python scripts/generate_dft_data.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "wall_seconds_last_run": round(time.perf_counter() - start, 1),
     }
-    record = write_sets(args.out, numbers, positions, plan, labels, args.name or args.src.stem, level, provenance)
+    if earlier is not None:  # the runs that labelled the frames taken over, oldest first
+        history = earlier.pop("history", [])
+        earlier.pop("source_frames", None)
+        provenance["history"] = [*history, earlier]
+    name = args.name or (_stored_name(args.out / TRAIN_FILE) if args.extend else None) or args.src.stem
+    record = write_sets(args.out, numbers, positions, plan, labels, name, level, provenance)
     (args.out / PROGRESS_FILE).unlink()
     print(
         f"wrote {args.out}: {len(plan.train)} training energies, {len(plan.test)} test energies+forces at "
         f"{level.theory()}; {record['label_seconds']['mean']} s per frame; provenance in {PROVENANCE_FILE}"
     )
     return record
+
+
+def _stored_name(path: Path) -> str:
+    """The molecule name of an sGDML npz written by this script."""
+    with np.load(path) as archive:
+        return str(archive["name"])
 
 
 def _version(package: str) -> str | None:

@@ -31,6 +31,8 @@ Examples:
   python scripts/prepare_data.py ani1x --src ani1x-release.h5 --out datasets/ani1x --train-size 1000 --seed 0
   python scripts/prepare_data.py rmd17 --src rmd17_aspirin.npz --out datasets/rmd17_aspirin --train-size 1000
   python scripts/prepare_data.py md22 --src md22_Ac-Ala3-NHMe.npz --out datasets/md22_ac_ala3 --train-size 1000
+  python scripts/prepare_data.py sgdml --src data/dft/ethanol_wb97x_631gs/train.npz --force-key none \
+      --test-src data/dft/ethanol_wb97x_631gs/test.npz --out datasets/ethanol_dft --train-size 50 --val-size 20
   python scripts/prepare_data.py tio2 --src TiO2/ --out datasets/tio2 --train-size 1000
   python scripts/prepare_data.py lmnto --src lmnto.extxyz --out datasets/lmnto --train-size 1000
 """
@@ -76,6 +78,15 @@ def get_parser() -> argparse.ArgumentParser:
         help="test structures, drawn first: the same for every N_train with the same seed and test size; a "
         "source too small for it is an error (default: 10,000 for ani1x, rmd17 and sgdml, 1,000 for tio2, lmnto "
         "and ase, or what train and validation leave, with a warning: that test set changes with N_train)",
+    )
+    parser.add_argument(
+        "--test-src",
+        type=Path,
+        default=None,
+        help="take the whole test split from this file (same format and energy unit as --src, elements found in "
+        "--src's training and validation splits; e.g. a DFT test set with forces beside an energy-only training "
+        "file); --src then gives validation (drawn first: the same for every N_train) and train. Forces are read "
+        "with the format's default key even when --force-key is 'none'; --test-size, if given, must be its count",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that defines the splits (default 0)")
     parser.add_argument(
@@ -141,6 +152,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.force_key is not None:
         label_keys["force_key"] = None if args.force_key.lower() == "none" else args.force_key
     source = open_source(args.format, args.src, **label_keys)
+    test_source = None
+    if args.test_src is not None:
+        test_keys = {key: value for key, value in label_keys.items() if value is not None}
+        test_source = open_source(args.format, args.test_src, **test_keys)
     spec = FORMATS[args.format]
     choice = spec.default_self_energies if args.self_energies is None else args.self_energies
     if choice in ("fit", "none"):
@@ -160,6 +175,7 @@ def run(args: argparse.Namespace) -> dict:
         overwrite=args.overwrite,
         split_by=args.split_by,
         test_conformations=args.test_conformations,
+        test_records=test_source,
     )
     for warning in metadata["unit_warnings"]:
         print(f"warning: {warning}", file=sys.stderr)

@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
                 status = run_status(spec, paths)
             except RunFailed as error:
                 status = f"error ({error})"
+            if status == "waiting":
+                status = f"waiting (fine-tunes from {spec.pretrained.name}, not finished)"
             print(f"{spec.name:50s} {status}")
         return 0
     if args.prepare_only:
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"submitted {len(jobs)} run(s) as SLURM array tasks: {', '.join(jobs) or 'none (all done)'}")
         return 0
     failures = run_locally(runs, paths, options)
+    write_grid_description(grid, paths)  # again: fine-tuning runs have a config hash once their pretraining is done
     print(f"{len(runs) - len(failures)} of {len(runs)} run(s) done; results in {paths.runs_dir}")
     for failure in failures:
         print(f"failed: {failure.splitlines()[0]}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,70 @@ def test_bundled_dft_sets_are_frames_of_their_source_trajectory(tmp_path):
     assert np.all(np.abs(test["E"] / 627.509474 + 154.97) < 0.05)
     metadata = prepare("sgdml", directory / "test.npz", tmp_path / "test")
     assert metadata["train_has_forces"]
+
+
+def test_test_split_from_another_file_beside_an_energy_only_training_file(tmp_path):
+    train_src = sgdml_npz(tmp_path / "train.npz", R=np.load(ETHANOL_NPZ)["coords"][:40], F=None,
+                          E=np.load(ETHANOL_NPZ)["energies"][:40])  # fmt: skip
+    test_src = sgdml_npz(tmp_path / "test.npz", R=np.load(ETHANOL_NPZ)["coords"][40:],
+                         E=np.load(ETHANOL_NPZ)["energies"][40:], F=np.load(ETHANOL_NPZ)["forces"][40:])  # fmt: skip
+    common = ("--force-key", "none", "--test-src", str(test_src), "--self-energies", "fit")
+    small = prepare("sgdml", train_src, tmp_path / "n8", *common)
+    large = prepare("sgdml", train_src, tmp_path / "n20", *common[:4], "--train-size", "20", "--test-size", "20")
+    assert small["split_sizes"] == {"train": 8, "val": 8, "test": 20} and small["split_by"] == "test_file"
+    assert small["test_source_sha256"] == large["test_source_sha256"] and small["test_has_forces"]
+    assert not small["has_forces"] and small["test_source"] == str(test_src.resolve())
+    indices = {n: json.loads((tmp_path / n / "split_indices.json").read_text()) for n in ("n8", "n20")}
+    assert indices["n8"]["val"] == indices["n20"]["val"]  # drawn first: the same for every N_train
+    assert set(indices["n8"]["train"]) <= set(indices["n20"]["train"])
+    assert not set(indices["n20"]["train"]) & set(indices["n20"]["val"])
+    records = split_records(tmp_path / "n8")
+    assert all("forces" not in r for r in records["train"] + records["val"])
+    test_energies = np.load(ETHANOL_NPZ)["energies"][40:]
+    # One composition: the fitted references add up to the mean training energy, subtracted from every split.
+    offset = test_energies[0] - float(records["test"][0].energy)
+    np.testing.assert_allclose([float(r.energy) for r in records["test"]], test_energies - offset, atol=1e-2)
+    np.testing.assert_allclose(records["test"][3].forces.numpy(), np.load(ETHANOL_NPZ)["forces"][43], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "extra, train_without_oxygen, message",
+    [
+        (("--test-size", "5"), False, "--test-size 5: --test-src .*test.npz holds 20 records, all of which are the"),
+        (("--train-size", "35"), False, "40 records cannot hold train=35 \\+ val=8; lower the validation size to"),
+        ((), True, "element\\(s\\) O of the --test-src file do not occur in the training"),
+    ],
+)
+def test_test_file_mismatches_are_one_line(tmp_path, capsys, extra, train_without_oxygen, message):
+    arrays = np.load(ETHANOL_NPZ)
+    train_src = sgdml_npz(tmp_path / "train.npz", R=arrays["coords"][:40], E=arrays["energies"][:40], F=None)
+    test_src = sgdml_npz(tmp_path / "test.npz", R=arrays["coords"][40:], E=arrays["energies"][40:],
+                         F=arrays["forces"][40:])  # fmt: skip
+    if train_without_oxygen:
+        keep = arrays["nuclear_charges"] != 8
+        sgdml_npz(train_src, z=arrays["nuclear_charges"][keep].astype(np.uint8), R=arrays["coords"][:40, keep],
+                  E=arrays["energies"][:40], F=None)  # fmt: skip
+    argv = ["sgdml", "--src", str(train_src), "--out", str(tmp_path / "out"), "--train-size", "8", "--val-size", "8"]
+    argv += ["--force-key", "none", "--test-src", str(test_src), *extra]
+    capsys.readouterr()
+    assert CLI.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and len(error.strip().splitlines()) == 1
+    assert re.search(message, error), error
+    assert not (tmp_path / "out").exists()
+
+
+def test_self_energies_fitted_on_one_composition_subtract_the_mean_training_energy(tmp_path, caplog):
+    """One molecule's frames determine only the sum of the references over its composition (rank 1)."""
+    metadata = prepare("sgdml", sgdml_npz(tmp_path / "ethanol.npz"), tmp_path / "out", "--self-energies", "fit")
+    references = metadata["element_references"]
+    assert references["rank"] == 1 and set(references["energies"]) == {"C", "H", "O"}
+    composition = {"C": 2, "H": 6, "O": 1}
+    total = sum(count * references["energies"][symbol] for symbol, count in composition.items())
+    train = np.load(ETHANOL_NPZ)["energies"][json.loads((tmp_path / "out/split_indices.json").read_text())["train"]]
+    assert total == pytest.approx(train.mean(), abs=1e-6)
+    vector = np.array(list(composition.values()), dtype=float)  # the minimum-norm solution is along the counts
+    values = np.array([references["energies"][symbol] for symbol in composition])
+    np.testing.assert_allclose(values, vector * train.mean() / vector.dot(vector), rtol=1e-9)
+    assert "determine only 1 combination(s) of the 3 element self energies" in caplog.text
+    assert metadata["train_statistics"]["energy_mean"] == pytest.approx(0.0, abs=1e-6)

@@ -177,3 +177,34 @@ def test_a_failed_scf_names_the_source_frame_and_keeps_the_frames_before_it(tmp_
     with pytest.raises(DftError, match=rf"^source frame {plan.train[2]}: the SCF did not converge$"):
         label_frames(WATER_NUMBERS, positions, plan, CHEAP, progress, {"level": {}}, compute=failing_label)
     assert sorted(read_progress(progress)[1]) == sorted((int(i), False) for i in plan.train[:2])
+
+
+def test_extend_adds_training_frames_and_keeps_the_finished_set(tmp_path, capsys):
+    src = water_frames(tmp_path / "water.npz", count=7)
+    out = tmp_path / "dft"
+    base = ["sgdml", "--src", str(src), "--out", str(out), "--functional", "pbe", "--basis", "sto-3g", "--name", "w"]
+    assert DFT_CLI.main(base + ["--train-frames", "2", "--test-frames", "2"]) == 0
+    before = {name: dict(np.load(out / f"{name}.npz")) for name in ("train", "test")}
+    first = json.loads((out / "provenance.json").read_text())
+    assert DFT_CLI.main(base + ["--train-frames", "4", "--test-frames", "2", "--extend"]) == 0
+    train, test = np.load(out / "train.npz"), np.load(out / "test.npz")
+    for key in ("E", "F", "R", "source_frames"):
+        np.testing.assert_array_equal(test[key], before["test"][key])
+    for key in ("E", "R", "source_frames"):
+        np.testing.assert_array_equal(train[key][:2], before["train"][key])
+    assert train["source_frames"].tolist() == plan_frames(7, 4, 2, 0).train.tolist() and str(train["name"]) == "w"
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["frames"] == {"train": 4, "test": 2} and provenance["label_seconds"]["frames"] == 2
+    assert provenance["history"] == [{k: v for k, v in first.items() if k != "source_frames"}]
+    assert provenance["command"].endswith("--extend")
+    new_frame = int(train["source_frames"][3])
+    label = compute_label(WATER_NUMBERS, np.load(src)["R"][new_frame], CHEAP, with_forces=False)
+    assert train["E"][3] == pytest.approx(label.energy, abs=1e-5)
+    capsys.readouterr()
+    assert DFT_CLI.main(base + ["--train-frames", "3", "--test-frames", "2", "--extend"]) == 2
+    assert "its 4 training frames are not the first of this run's 3" in capsys.readouterr().err
+    assert DFT_CLI.main(base + ["--train-frames", "4", "--test-frames", "3", "--extend"]) == 2
+    assert "--extend keeps the test set: pass --test-frames 2" in capsys.readouterr().err
+    assert DFT_CLI.main(base + ["--train-frames", "4", "--test-frames", "2", "--extend", "--seed", "1"]) == 2
+    assert "made with seed = 0, this run has 1; --extend must keep" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(out / "train.npz")["E"], train["E"])

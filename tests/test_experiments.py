@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import stat
 import sys
@@ -397,6 +398,8 @@ def synthetic_results(tmp_path: Path) -> Path:
                         "forces_rmse": factor * 10.0,
                         "forces_mae": 1.0,
                         "num_structures": 500,
+                        "energy_unit": "kcal/mol",  # as piwsl.evaluate writes it
+                        "in_training_set": 0,
                     },
                 }
                 runner.write_json_atomic(runs_dir / f"{name}.json", result)
@@ -537,7 +540,7 @@ class NaNCalculator(Calculator):
 def test_md_stability_reports_replicas_that_fail_at_the_first_step(tmp_path, monkeypatch):
     script = load_script("scripts/diagnostics/md_stability.py")
     (tmp_path / "model.pt").write_bytes(b"")
-    monkeypatch.setattr(script, "load_calculator", lambda checkpoint: NaNCalculator())
+    monkeypatch.setattr(script, "load_calculator", lambda checkpoint, energy_unit=None: NaNCalculator())
     arguments = ["--model", f"M={tmp_path}/model.pt", "--structure", str(ETHANOL), "--steps", "5"]
     assert script.main([*arguments, "--replicas", "2", "--out", str(tmp_path / "out")]) == 0
     table = (tmp_path / "out/md_stability.md").read_text()
@@ -682,3 +685,124 @@ def test_hpo_trials_table_orders_by_exact_objective_values():
     rows = trial_rows(study, ["forces_mae"])
     assert [row["trial"] for row in rows] == [1, 0, 2]
     assert rows[0]["pareto"] == "yes" and rows[1]["pareto"] == ""
+
+
+# ------------------------------------------------------------------------------------------ pretrain -> fine-tune
+def finetune_grid(tmp_path: Path, template: str = "ethanol-{backbone}-baseline-n16-s{seed}") -> dict:
+    """The tiny grid plus a fine-tuning method whose runs start from the baseline runs of N_train 16."""
+    content = grid_content(tmp_path)
+    content["methods"]["ft"] = {"config": "piwsl", "finetune_from": template, "finetune": {"weights": "raw"}}
+    content["studies"] = {
+        "finetune": {"datasets": ["ethanol"], "backbones": ["painn"], "methods": ["ft"], "train_sizes": [32]},
+        "pretrain": {"datasets": ["ethanol"], "backbones": ["painn"], "methods": ["baseline"], "train_sizes": [16]},
+    }
+    return content
+
+
+def test_finetune_from_names_a_run_of_the_grid_and_pretraining_goes_first(tmp_path):
+    from piwsl.experiments.grid import pretraining_first
+
+    grid = parse_grid(finetune_grid(tmp_path))
+    runs = {run.name: run for run in grid.runs}
+    fine = runs["ethanol-painn-ft-n32-s1"]
+    assert (
+        fine.pretrained == runs["ethanol-painn-baseline-n16-s1"]
+        and fine.describe()["finetune_from"] == fine.pretrained.name
+    )
+    assert runs["ethanol-painn-baseline-n16-s0"].pretrained is None
+    assert [run.name for run in grid.runs][:2] == ["ethanol-painn-ft-n32-s0", "ethanol-painn-ft-n32-s1"]
+    ordered = [run.name for run in pretraining_first(list(grid.runs))]
+    seed_0 = ["ethanol-painn-baseline-n16-s0", "ethanol-painn-ft-n32-s0"]
+    assert ordered == seed_0 + [name.replace("-s0", "-s1") for name in seed_0]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"finetune_from": "ethanol-{backbone}-baseline-n16-s{sed}"}, "unknown placeholder {sed}; allowed: {dataset}"),
+        (
+            {"finetune_from": "ethanol-{backbone}-baseline-n17-s{seed}"},
+            "gives 'ethanol-painn-baseline-n17-s0', which is "
+            "not a run of this grid; closest: ethanol-painn-baseline-n16-s0",
+        ),
+        ({"finetune_from": "ethanol-{backbone}-ft-n32-s{seed}"}, "finetune_from makes a cycle"),
+        ({"finetune": {"checkpoint": "x.pt"}}, "finetune.checkpoint: the runner sets it from finetune_from"),
+        ({"finetune_from": None, "finetune": {"weights": "raw"}}, "finetune is set without finetune_from"),
+    ],
+)
+def test_finetune_from_errors_name_the_method_and_run(tmp_path, change, message):
+    content = finetune_grid(tmp_path)
+    content["methods"]["ft"] = {k: v for k, v in (content["methods"]["ft"] | change).items() if v is not None}
+    with pytest.raises(GridError, match=re.escape(message)):
+        parse_grid(content)
+
+
+def test_a_fine_tuning_run_waits_for_its_pretraining_and_hashes_the_checkpoint(tmp_path, capsys):
+    paths = paths_in(tmp_path)
+    runs = {run.name: run for run in parse_grid(finetune_grid(tmp_path)).runs}
+    fine, source = runs["ethanol-painn-ft-n32-s0"], runs["ethanol-painn-baseline-n16-s0"]
+    assert runner.run_status(fine, paths) == "waiting"
+    with pytest.raises(
+        runner.PretrainingNotFinished, match="fine-tunes from ethanol-painn-baseline-n16-s0, which is not"
+    ):
+        runner.write_config(fine, paths)
+    failures = runner.run_locally([fine], paths, runner.Options(progress=False))
+    assert len(failures) == 1 and "which is not finished" in failures[0] and not paths.failure_file(fine).exists()
+    _, _, source_hash = runner.write_config(source, paths)
+    best = paths.checkpoint_dir(runner.run_id(source, source_hash)) / "best_checkpoint.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"weights 1")
+    runner.write_json_atomic(paths.result_file(source), {"config_hash": source_hash})
+    assert runner.run_status(fine, paths) == "todo"
+    _, text, first = runner.write_config(fine, paths)
+    assert yaml.safe_load(text)["finetune"] == {"weights": "raw", "checkpoint": str(best)}
+    best.write_bytes(b"weights 2")  # the pretraining run trained again (same config, other weights)
+    assert runner.write_config(fine, paths)[2] != first, "a retrained pretraining must make its fine-tunes stale"
+    grid_file = tmp_path / "grid.yml"
+    grid_file.write_text(yaml.safe_dump(finetune_grid(tmp_path)))
+    arguments = ["--grid", str(grid_file), "--results-dir", str(paths.results_dir), "--work-dir", str(paths.work_dir)]
+    assert load_script("scripts/run_experiments.py").main([*arguments, "--list"]) == 0
+    assert "waiting (fine-tunes from ethanol-painn-baseline-n16-s1, not finished)" in capsys.readouterr().out
+
+
+def test_end_to_end_pretraining_then_fine_tuning_through_the_runner(tmp_path):
+    grid_file = tmp_path / "grid.yml"
+    content = finetune_grid(tmp_path)
+    content["defaults"] |= {"seeds": [0], "max_steps": 4, "overrides": {"optim": {"eval_every": 4}}}
+    content["studies"]["finetune"]["train_sizes"] = [16]  # the pretraining run's split: prepared once
+    grid_file.write_text(yaml.safe_dump(content))
+    arguments = ["--grid", str(grid_file), "--results-dir", str(tmp_path / "results"), "--work-dir"]
+    arguments += [str(tmp_path / "work"), "--data-dir", str(tmp_path / "data"), "--no-progress", "--device", "cpu"]
+    assert load_script("scripts/run_experiments.py").main(arguments) == 0
+    source = json.loads((tmp_path / "results/runs/ethanol-painn-baseline-n16-s0.json").read_text())
+    fine = json.loads((tmp_path / "results/runs/ethanol-painn-ft-n16-s0.json").read_text())
+    assert fine["steps"] == 4 and fine["finetune_from"] == source["run"] and math.isfinite(fine["test"]["energy_rmse"])
+    assert fine["pretrained"]["checkpoint"] == source["best_checkpoint"]
+    checkpoint = torch.load(ROOT / fine["best_checkpoint"], weights_only=False)  # absolute outside the repository
+    assert checkpoint["config"]["optim"]["finetune"]["checkpoint"] == fine["pretrained"]["checkpoint"]
+
+
+def test_a_split_with_a_test_file_is_checked_against_that_files_checksum(tmp_path):
+    data = dict(np.load(ETHANOL))
+    train, test = tmp_path / "train.npz", tmp_path / "test.npz"
+    np.savez(train, **{k: v[:40] if k in ("coords", "energies") else v for k, v in data.items() if k != "forces"})
+    np.savez(test, **{k: v[40:] if k in ("coords", "energies", "forces") else v for k, v in data.items()})
+    content = grid_content(tmp_path)
+    content["datasets"]["ethanol"] |= {
+        "src": str(train),
+        "test_size": 20,
+        "prepare_args": ["--force-key", "none", "--test-src", str(test)],
+    }
+    paths = paths_in(tmp_path)
+    run = parse_grid(content).runs[0]
+    split = paths.data(run)  # prepared in this process as the runner's subprocess would (faster)
+    prepare = load_script("scripts/prepare_data.py")
+    prepare.run(prepare.get_parser().parse_args([str(part) for part in runner.prepare_command(run, split)[2:]]))
+    runner.write_json_atomic(split / runner.SPLIT_REQUEST_FILE, runner.split_request(run))
+    metadata = json.loads((split / "metadata.json").read_text())
+    assert metadata["split_sizes"] == {"train": 16, "val": 8, "test": 20} and metadata["test_has_forces"]
+    assert runner.prepare_split(run, paths) == split
+    data["energies"] = data["energies"] + 1.0  # the test file relabelled
+    np.savez(test, **{k: v[40:] if k in ("coords", "energies", "forces") else v for k, v in data.items()})
+    with pytest.raises(runner.PreparedDataMismatch, match="test_source_sha256"):
+        runner.prepare_split(run, paths)

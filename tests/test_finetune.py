@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import yaml
 from trainer_helpers import make_trainer, prepare_ethanol, tiny_config
 
 from piwsl.cli import main
-from piwsl.finetune import FinetuneError
+from piwsl.config import PIWSLConfigError
+from piwsl.finetune import FinetuneConfig, FinetuneError, shift_energy_to_labels
 from piwsl.training_data import TRAINING_DATA_KEY
 
 
@@ -162,3 +164,62 @@ def test_a_checkpoint_of_fairchems_own_trainer_and_painn_fine_tunes(tmp_path):
     )
     assert type(tuned._unwrapped_model).__name__ != "PaiNN"  # piwsl's PaiNN, fairchem's weights
     assert all(torch.equal(weights[name], p) for name, p in tuned._unwrapped_model.named_parameters())
+
+
+def test_energy_only_fine_tuning_keeps_the_pretrained_force_normalizer(pretrained, tmp_path):
+    """The force head of the checkpoint predicts forces in units of its force RMS; an energy-only set fits none."""
+    checkpoint, _ = pretrained
+    saved = torch.load(checkpoint, weights_only=False)["normalizers"]
+    assert "forces" in saved and float(saved["forces"]["rmsd"]) != 1.0
+    data = prepare_ethanol(tmp_path, energy_only=True)
+    config = tiny_config(data, tmp_path, {"method": "baseline"})
+    config["loss_functions"] = [
+        {"energy": {"fn": "mae", "coefficient": 1}},
+        {"forces": {"fn": "l2mae", "coefficient": 0}},
+    ]
+    config["dataset"]["train"]["transforms"] = {
+        "normalizer": {"fit": {"targets": ["energy"], "override_values": {}, "batch_size": 64}}
+    }
+    config["evaluation_metrics"]["primary_metric"] = "energy_mae"
+    scratch = make_trainer(copy.deepcopy(config))
+    assert "forces" not in scratch.normalizers
+    del scratch
+    config["optim"]["finetune"] = {"checkpoint": str(checkpoint)}
+    trainer = make_trainer(config)
+    assert float(trainer.normalizers["forces"].rmsd) == pytest.approx(float(saved["forces"]["rmsd"]))
+
+
+def test_normalizers_checkpoint_takes_every_normalizer_of_the_pretrained_model(pretrained, tmp_path):
+    """One molecule's energies spread far less than a pretraining set's: keep the pretrained output scale."""
+    checkpoint, _ = pretrained
+
+    def rescaled(saved):
+        for target in ("energy", "forces"):
+            saved["normalizers"][target]["rmsd"] = torch.tensor(7.0)
+
+    altered = altered_checkpoint(checkpoint, tmp_path / "scaled.pt", rescaled)
+    refit = make_trainer(finetune_config(prepare_ethanol(tmp_path / "refit"), tmp_path / "refit", altered))
+    assert float(refit.normalizers["energy"].rmsd) != pytest.approx(7.0)
+    del refit
+    data = prepare_ethanol(tmp_path / "kept")
+    trainer = make_trainer(finetune_config(data, tmp_path / "kept", altered, normalizers="checkpoint"))
+    assert {target: float(n.rmsd) for target, n in trainer.normalizers.items()} == {"energy": 7.0, "forces": 7.0}
+    with pytest.raises(PIWSLConfigError, match="finetune.normalizers = 'fresh'; allowed: refit, checkpoint"):
+        FinetuneConfig.from_dict({"checkpoint": "x.pt", "normalizers": "fresh"})
+
+
+def test_shift_energy_removes_the_mean_offset_between_labels_and_pretrained_predictions(pretrained, tmp_path):
+    """A new level of theory: every label moved by a constant the pretrained model does not know."""
+    checkpoint, _ = pretrained
+    data = prepare_ethanol(tmp_path / "plain")
+    plain = make_trainer(finetune_config(data, tmp_path / "plain", checkpoint, normalizers="checkpoint"))
+    offset = shift_energy_to_labels(plain)  # the pretrained model's mean error on this set, kcal/mol
+    assert abs(offset) > 0.01
+    del plain
+    trainer = make_trainer(
+        finetune_config(prepare_ethanol(tmp_path / "shifted"), tmp_path / "shifted", checkpoint,
+                        normalizers="checkpoint", shift_energy=True)
+    )  # fmt: skip
+    saved = torch.load(checkpoint, weights_only=False)["normalizers"]["energy"]
+    assert float(trainer.normalizers["energy"].mean) == pytest.approx(float(saved["mean"]) + offset, abs=1e-3)
+    assert shift_energy_to_labels(trainer) == pytest.approx(0.0, abs=1e-3)  # nothing left to shift

@@ -122,7 +122,7 @@ def test_aggregation_makes_a_table_and_gains_per_test_split_and_reads_old_result
     results_dir = synthetic_results(tmp_path)
     for path in (results_dir / "runs").glob("*.json"):
         result = json.loads(path.read_text())
-        halved = {key: value / 2 for key, value in result["test"].items()}
+        halved = {key: value / 2 if isinstance(value, float) else value for key, value in result["test"].items()}
         result |= {"test_splits": ["test", "test_conformations"], "split_by": "molecule"}
         runner.write_json_atomic(path, result | {"test_conformations": halved})
     agg.aggregate(results_dir, tmp_path / "out")

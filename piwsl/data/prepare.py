@@ -11,9 +11,10 @@ into a staging directory renamed to ``out_dir`` at the end: a failure leaves no 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
@@ -33,7 +34,13 @@ from piwsl.data.lmdb_writer import (
 )
 from piwsl.data.references import SelfEnergies, fit_self_energies
 from piwsl.data.source import RecordSource, StructureListSource
-from piwsl.data.splits import Split, default_test_size, make_molecule_split, make_split
+from piwsl.data.splits import (
+    Split,
+    default_test_size,
+    make_molecule_split,
+    make_split,
+    make_split_with_test_file,
+)
 from piwsl.data.structures import Structure
 from piwsl.data.units import ENERGY_UNIT, FORCE_UNIT, POSITION_UNIT
 from piwsl.data.validation import DataFormatError, check_energy_unit, check_label_magnitudes, check_structure
@@ -152,6 +159,7 @@ def prepare_dataset(
     overwrite: bool = False,
     split_by: str = "conformation",
     test_conformations: int = 0,
+    test_records: RecordSource | None = None,
 ) -> dict:
     """Write ``out_dir/{train,val,test}/data.lmdb`` and ``out_dir/metadata.json``; return the metadata.
 
@@ -171,6 +179,10 @@ def prepare_dataset(
             ``molecule_ids()``, ``splits.make_molecule_split``).
         test_conformations: with ``split_by="molecule"``, also write ``test_conformations``: at most
             this many unseen conformations of training molecules (``splits.make_molecule_split``).
+        test_records: a second source of the same format and energy unit whose every record is the
+            test split (``splits.make_split_with_test_file``: validation then train drawn from
+            ``records``); ``test_size``, if given, must equal its count. Its elements must occur in
+            the training split; the self energies fitted on the training split are subtracted from it.
     """
     if not isinstance(records, RecordSource):
         if source is None or data_format is None:
@@ -179,7 +191,10 @@ def prepare_dataset(
     out_dir = Path(out_dir)
     check_output_path(out_dir, records.path, overwrite)
     num_records = records.count()
-    if test_size is None:
+    if test_records is not None:
+        split, split_details = _split_with_test_file(records, test_records, num_records, train_size, val_size,
+                                                     test_size, seed, split_by)  # fmt: skip
+    elif test_size is None:
         format_default = FORMATS[records.data_format].default_test_size
         test_size = default_test_size(num_records, train_size, val_size, format_default)
         if test_size < format_default:
@@ -188,21 +203,31 @@ def prepare_dataset(
                 f"{format_default}); that test set changes with the training size: pass a test size "
                 "that fits the largest training size to keep it fixed"
             )
-    split, split_details = _draw_split(
-        records, num_records, train_size, val_size, test_size, seed, split_by, test_conformations
-    )
+    if test_records is None:
+        split, split_details = _draw_split(
+            records, num_records, train_size, val_size, test_size, seed, split_by, test_conformations
+        )
     assignment = np.zeros(num_records, dtype=np.int8)
-    for code, name in enumerate(split.names(), start=1):
+    # a test file's records are written after the source's (their split is "test", code 3)
+    written_here = split.names() if test_records is None else ("train", "val")
+    for code, name in enumerate(written_here, start=1):
         assignment[getattr(split, name)] = code
     if self_energies == "fit":
         self_energies = fit_self_energies(records.compositions(assignment == 1))
+        if self_energies.rank is not None and self_energies.rank < len(self_energies.energies):
+            logging.warning(
+                f"{records.path}: the training split's compositions determine only {self_energies.rank} combination(s) "
+                f"of the {len(self_energies.energies)} element self energies (e.g. one molecule's frames); the "
+                "minimum-norm fit subtracts the right total from these compositions only, its per-element values "
+                "do not transfer to other compositions"
+            )
     elif self_energies == "none":
         self_energies = SelfEnergies()
     elif not isinstance(self_energies, SelfEnergies):
         raise ValueError(f"self_energies must be 'fit', 'none' or a SelfEnergies, not {self_energies!r}")
     with staging_directory(out_dir) as staging:
-        statistics, elements, has_forces = _write_splits(
-            records, assignment, split.names(), staging, self_energies, train_without_forces, check_units
+        statistics, elements, has_forces, test_has_forces = _write_splits(
+            records, assignment, split.names(), staging, self_energies, train_without_forces, check_units, test_records
         )
         unit_warnings = (
             check_label_magnitudes(statistics, records.energy_unit, self_energies.method != "none", str(records.path))
@@ -234,12 +259,51 @@ def prepare_dataset(
             "unit_warnings": unit_warnings,
             "piwsl_version": version("piwsl"),
         }
+        if test_records is not None:
+            metadata |= {
+                "test_source": str(test_records.path.resolve()),
+                "test_source_sha256": file_checksum(test_records.path),
+                "test_reader": test_records.settings(),
+                "test_has_forces": test_has_forces,
+            }
         indices = {name: getattr(split, name).tolist() for name in split.names()}
         (staging / SPLIT_INDICES_FILE).write_text(json.dumps(indices, separators=(",", ":")) + "\n")
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
         check_output_path(out_dir, records.path, overwrite)  # what was checked may have changed meanwhile
         replace_directory(staging, out_dir)
     return metadata
+
+
+def _split_with_test_file(
+    records: RecordSource,
+    test_records: RecordSource,
+    num_records: int,
+    train_size: int,
+    val_size: int,
+    test_size: int | None,
+    seed: int,
+    split_by: str,
+) -> tuple[Split, dict]:
+    """Train and validation from ``records``, every record of ``test_records`` as the test split."""
+    if split_by != "conformation":
+        raise ValueError(f"--test-src takes the test split from another file; split_by {split_by!r} does not apply")
+    if test_records.data_format != records.data_format:
+        raise ValueError(
+            f"--test-src {test_records.path} is read as {test_records.data_format}, --src as {records.data_format}"
+        )
+    if test_records.energy_unit != records.energy_unit:
+        raise ValueError(
+            f"--test-src {test_records.path} has energies in {test_records.energy_unit}, --src {records.path} in "
+            f"{records.energy_unit}: both files must be in the same unit"
+        )
+    test_count = test_records.count()
+    if test_size is not None and test_size != test_count:
+        raise ValueError(
+            f"--test-size {test_size}: --test-src {test_records.path} holds {test_count} records, all of which "
+            "are the test split (leave --test-size out or give that number)"
+        )
+    split = make_split_with_test_file(num_records, train_size, val_size, test_count, seed)
+    return split, {"split_by": "test_file"}
 
 
 def _draw_split(
@@ -286,25 +350,40 @@ def _write_splits(
     self_energies: SelfEnergies,
     train_without_forces: bool,
     check_units: bool,
-) -> tuple[dict, set[int], bool]:
-    """Stream the chosen records into one LMDB per split; return train statistics, elements, force presence."""
+    test_records: RecordSource | None = None,
+) -> tuple[dict, set[int], bool, bool]:
+    """Stream the chosen records into one LMDB per split; return train statistics, elements, force presence.
+
+    With ``test_records`` every record of that source goes to the test split after the others (its
+    elements must occur in the training or validation split). Returns the force presence of
+    ``records`` and whether the test file has forces.
+    """
     writers = [LmdbWriter(staging / name) for name in names]
     statistics = TrainStatistics()
     elements: set[int] = set()
     has_forces: bool | None = None
+    test_has_forces = False
     wanted = int(np.count_nonzero(assignment))
     try:
         stream = records.records(assignment > 0)
+        if test_records is not None:
+            stream = itertools.chain(stream, _test_file_records(test_records, assignment.size))
+            wanted += test_records.count()
         for index, structure in tqdm(stream, total=wanted, desc="write LMDBs", unit="structure", disable=None):
             check_structure(structure)
             if check_units:
                 check_energy_unit(structure, records.energy_unit)
+            reference = self_energies.total(structure.numbers, structure.source)
+            if index >= assignment.size:  # a record of the test file, after every record of the main source
+                check_test_elements(structure, elements, records.path)
+                test_has_forces = test_has_forces or structure.forces is not None
+                writers[2].add(replace(structure, energy=structure.energy - reference))
+                continue
             if has_forces is None:
                 has_forces = structure.forces is not None
             elif has_forces != (structure.forces is not None):
                 state = "has" if structure.forces is not None else "has no"
                 raise DataFormatError(f"{structure.source}: {state} forces, unlike the records before it")
-            reference = self_energies.total(structure.numbers, structure.source)
             structure = replace(structure, energy=structure.energy - reference)
             code = int(assignment[index])
             if code == 1:
@@ -319,8 +398,26 @@ def _write_splits(
         raise
     written = [writer.close() for writer in writers]
     expected = [int(np.count_nonzero(assignment == code)) for code in range(1, len(names) + 1)]
+    if test_records is not None:
+        expected[2] = wanted - expected[0] - expected[1]
     if written != expected:
         raise DataFormatError(
             f"{records.path}: read {written} {'/'.join(names)} records, expected {expected}; did it change while read?"
         )
-    return statistics.to_json(), elements, bool(has_forces)
+    return statistics.to_json(), elements, bool(has_forces), test_has_forces
+
+
+def _test_file_records(test_records: RecordSource, offset: int) -> Iterator[tuple[int, Structure]]:
+    """Every record of the test file, numbered after the main source's ``offset`` records."""
+    for index, structure in test_records.records():
+        yield offset + index, structure
+
+
+def check_test_elements(structure: Structure, elements: set[int], source: Path) -> None:
+    """Refuse a test-file structure with elements the training split of ``source`` lacks."""
+    new = sorted({int(z) for z in structure.numbers} - elements)
+    if new:
+        raise DataFormatError(
+            f"{structure.source}: element(s) {', '.join(chemical_symbols[z] for z in new)} of the --test-src "
+            f"file do not occur in the training and validation data of {source}"
+        )

@@ -65,6 +65,30 @@ def make_split(num_records: int, train_size: int, val_size: int, test_size: int,
     return Split(train=np.sort(rest[:train_size]), val=np.sort(rest[train_size : train_size + val_size]), test=test)
 
 
+def make_split_with_test_file(num_records: int, train_size: int, val_size: int, test_count: int, seed: int) -> Split:
+    """Train and validation from ``range(num_records)`` (seeded shuffle); the test split is another file's records.
+
+    Validation is drawn first, so that it is the same for every training size with the same seed
+    (the models of a learning curve are selected on the same structures), then train; training
+    sets of increasing size are nested. ``test`` holds ``range(test_count)``: every record of the
+    test file. Sorted indices, as ``make_split``.
+    """
+    for name, size in (("train", train_size), ("val", val_size)):
+        if size < 1:
+            raise ValueError(f"--{name}-size {size}: split sizes must be positive (every split is needed)")
+    if test_count < 1:
+        raise ValueError("the --test-src file holds no records")
+    if train_size + val_size > num_records:
+        raise ValueError(
+            f"{num_records} records cannot hold train={train_size} + val={val_size}; lower the validation size "
+            f"to at most {num_records - train_size} and use the same for every training size"
+        )
+    order = np.random.default_rng(seed).permutation(num_records)
+    val = np.sort(order[:val_size])
+    train = np.sort(order[val_size : val_size + train_size])
+    return Split(train=train, val=val, test=np.arange(test_count))
+
+
 def make_molecule_split(
     molecules: np.ndarray, train_size: int, val_size: int, test_size: int, seed: int, test_conformations: int = 0
 ) -> Split:

@@ -200,12 +200,14 @@ def label_frames(
     workers: int = 1,
     compute: Callable[[np.ndarray, np.ndarray, DftLevel, bool], Label] = compute_label,
     show_progress: bool | None = None,
+    known: dict[tuple[int, bool], Label] | None = None,
 ) -> dict[tuple[int, bool], Label]:
-    """Label every frame of ``plan``, skipping those already in ``progress``; return all labels.
+    """Label every frame of ``plan``, skipping those already in ``progress`` or ``known``; return all labels.
 
     ``positions`` maps source indices to coordinates (Å). Each finished label is appended to
     ``progress`` (flushed and synced) before the next is started, after a first line ``header``
     that a resumed run must match. ``workers`` > 1 labels frames in that many processes.
+    ``known`` holds labels of a finished set being extended (not written to ``progress``).
     """
     from tqdm import tqdm
 
@@ -216,6 +218,7 @@ def label_frames(
             handle.write(json.dumps(header) + "\n")
     else:
         check_header(progress, found, header)
+    labels = (known or {}) | labels
     todo = [task for task in plan.tasks() if task not in labels]
     with (
         open(progress, "a") as handle,
@@ -278,6 +281,52 @@ def _label_frame(
         raise DftError(f"source frame {task[0]}: {error}") from error
 
 
+def finished_labels(
+    out_dir: Path, plan: FramePlan, positions: dict[int, np.ndarray], expected: dict[str, Any]
+) -> tuple[dict[tuple[int, bool], Label], dict[str, Any]]:
+    """Labels and provenance of the finished set in ``out_dir``, checked to be a part of ``plan``.
+
+    Extending a set (``generate_dft_data.py --extend``) keeps its test frames and labels and adds
+    training frames: ``plan``'s test frames must be the stored ones in the same order, its training
+    frames must start with the stored ones, the stored coordinates must be ``positions``' and
+    ``expected`` (level, source checksum, format, seed) must match the provenance. The labels carry
+    NaN seconds: their timings are in the provenance's ``history``.
+    """
+    files = [out_dir / name for name in (TRAIN_FILE, TEST_FILE, PROVENANCE_FILE)]
+    missing = [path for path in files if not path.exists()]
+    if missing:
+        raise DftError(f"{missing[0]} is missing: --extend needs a finished set (train.npz, test.npz, provenance.json)")
+    provenance = json.loads(files[2].read_text())
+    for key, value in expected.items():
+        if provenance.get(key) != value:
+            raise DftError(
+                f"{files[2]}: made with {key} = {provenance.get(key)!r}, this run has {value!r}; "
+                "--extend must keep the source, level of theory and seed"
+            )
+    labels: dict[tuple[int, bool], Label] = {}
+    for path, wanted, with_forces in ((files[1], plan.test, True), (files[0], plan.train, False)):
+        with np.load(path) as archive:
+            frames = archive["source_frames"].astype(np.int64)
+            energies, coords = archive["E"], archive["R"]
+            forces = archive["F"] if with_forces else None
+        if with_forces and not np.array_equal(frames, wanted):
+            raise DftError(
+                f"{path}: has {len(frames)} test frames, this run plans {len(wanted)} or others; "
+                f"--extend keeps the test set: pass --test-frames {len(frames)}"
+            )
+        if not np.array_equal(frames, wanted[: len(frames)]) or len(frames) > len(wanted):
+            raise DftError(
+                f"{path}: its {len(frames)} training frames are not the first of this run's {len(wanted)}; "
+                f"--extend only adds frames: pass --train-frames >= {len(frames)} and the same --seed"
+            )
+        for row, index in enumerate(frames.tolist()):
+            if not np.allclose(coords[row], positions[index], rtol=0.0, atol=1e-9):
+                raise DftError(f"{path}: frame {row} (source frame {index}) has other coordinates than the source")
+            frame_forces = None if forces is None else np.asarray(forces[row], dtype=np.float64)
+            labels[(index, with_forces)] = Label(float(energies[row]), frame_forces, float("nan"))
+    return labels, provenance
+
+
 def write_sets(
     out_dir: Path,
     numbers: np.ndarray,
@@ -291,7 +340,8 @@ def write_sets(
     """Write ``train.npz`` (energies), ``test.npz`` (energies, forces) and ``provenance.json``; return the latter.
 
     Frames are stored in plan order (the seeded permutation); ``source_frames`` in each npz gives
-    their indices in the source file.
+    their indices in the source file. ``label_seconds`` counts the labels computed by this run
+    (those taken over from an extended set carry NaN seconds and are left out).
     """
     theory = level.theory()
     sets = {TRAIN_FILE: (plan.train, False), TEST_FILE: (plan.test, True)}
@@ -302,14 +352,18 @@ def write_sets(
         forces = np.array([labels[(i, True)].forces for i in frames]).reshape(coords.shape) if with_forces else None
         source_frames = np.asarray(frames, dtype=np.int64)
         write_sgdml(out_dir / file_name, numbers, coords, energies, forces, name, theory, source_frames=source_frames)
-    seconds = [label.seconds for label in labels.values()]
+    seconds = [label.seconds for label in labels.values() if not np.isnan(label.seconds)]
     record = provenance | {
         "theory": theory,
         "level": asdict(level),
         "frames": {"train": len(plan.train), "test": len(plan.test)},
         "files": {TRAIN_FILE: "z, R (Angstrom), E (kcal/mol)", TEST_FILE: "z, R, E, F (kcal/mol/Angstrom)"},
         "source_frames": {"train": plan.train.tolist(), "test": plan.test.tolist()},
-        "label_seconds": {"total": round(sum(seconds), 1), "mean": round(float(np.mean(seconds)), 2) if seconds else 0},
+        "label_seconds": {
+            "frames": len(seconds),
+            "total": round(sum(seconds), 1),
+            "mean": round(float(np.mean(seconds)), 2) if seconds else 0,
+        },
     }
     text = json.dumps(record, indent=1) + "\n"
     atomic_write(out_dir / PROVENANCE_FILE, lambda temporary: temporary.write_text(text))

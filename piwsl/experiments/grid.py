@@ -26,11 +26,30 @@ are relative to the repository root. A run is named
 is trained once (its settings must then agree). A method may set its own step cap (``max_steps``)
 and take its training-time budget from another method's finished run (``wall_clock_from``, see
 ``MethodSpec``).
+
+Pretraining and fine-tuning: a method with ``finetune_from`` starts its runs from the
+best-validation checkpoint of another run of the same grid (``main.py``'s ``finetune`` section)::
+
+    methods:
+      pretrain: {config: baseline}
+      ft_taylor:
+        config: piwsl_energy_only_direct
+        finetune_from: "molecules-{backbone}-pretrain-n3000-s{seed}"   # a run name of this grid
+        finetune: {freeze: []}        # optional: the rest of main.py's finetune section
+
+The template may use ``{dataset}``, ``{backbone}``, ``{method}``, ``{train_size}``, ``{seed}`` and
+``{tag}`` (the fine-tuning run's own values); the name it gives must be a run of some study of the
+grid (else a one-line error naming the closest run names). The runner trains pretraining runs
+before the runs that fine-tune from them, refuses to start a fine-tuning run whose pretraining
+run is not finished, and puts the pretrained checkpoint's SHA-256 into the run's config hash: a
+retrained pretraining run makes its fine-tuning runs stale.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +115,8 @@ class MethodSpec:
     ``wall_clock_from`` names another method of the study whose finished run of the same data set,
     backbone, N_train and seed gives this run its training-time budget (``optim.max_wall_seconds``,
     resolved by the runner: the equal-wall-clock comparison).
+    ``finetune_from`` is the run-name template of the run whose checkpoint its runs start from and
+    ``finetune`` further settings of main.py's ``finetune`` section (see the module docstring).
     """
 
     name: str
@@ -107,6 +128,8 @@ class MethodSpec:
     overrides: dict = field(default_factory=dict)
     max_steps: int | dict[int, int] | None = None
     wall_clock_from: str | None = None
+    finetune_from: str | None = None
+    finetune: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,7 +151,10 @@ class StudySpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run; ``overrides`` already holds everything merged onto the base config."""
+    """One training run; ``overrides`` already holds everything merged onto the base config.
+
+    ``pretrained`` is the run whose best checkpoint this run is fine-tuned from (``None``: from scratch).
+    """
 
     name: str
     dataset: DatasetSpec
@@ -141,6 +167,7 @@ class RunSpec:
     overrides: dict
     #: The run whose training time is this run's budget (``MethodSpec.wall_clock_from``).
     wall_clock_source: RunSpec | None = None
+    pretrained: RunSpec | None = None
 
     @property
     def base_config(self) -> Path:
@@ -176,6 +203,7 @@ class RunSpec:
             "max_steps": self.max_steps,
             "tag": self.tag,
             "wall_clock_from": None if self.wall_clock_source is None else self.wall_clock_source.name,
+            "finetune_from": None if self.pretrained is None else self.pretrained.name,
         }
 
 
@@ -253,7 +281,12 @@ _DATASET_KEYS = {
     "overrides",
 }
 _BACKBONE_KEYS = {"config", "label", "model", "overrides"}
-_METHOD_KEYS = {"config", "label", "group", "energy_only", "configs", "overrides", "max_steps", "wall_clock_from"}
+_METHOD_KEYS = {
+    "config", "label", "group", "energy_only", "configs", "overrides", "max_steps", "wall_clock_from",
+    "finetune_from", "finetune",
+}  # fmt: skip
+#: Placeholders of a ``finetune_from`` template (the fine-tuning run's own values).
+FINETUNE_FIELDS = ("dataset", "backbone", "method", "train_size", "seed", "tag")
 _RUN_SETTING_KEYS = {"seeds", "train_sizes", "max_steps", "overrides"}
 _STUDY_KEYS = _RUN_SETTING_KEYS | {"title", "datasets", "backbones", "methods", "reference", "tag"}
 _GRID_KEYS = {"name", "description", "datasets", "backbones", "methods", "defaults", "studies"}
@@ -269,6 +302,21 @@ def _check_keys(section: Any, allowed: set[str], where: str, required: tuple[str
     if missing:
         raise GridError(f"{where} lacks required key(s): {', '.join(missing)}")
     return section
+
+
+def _check_finetune(method: dict, key: str) -> bool:
+    """Check a method's ``finetune_from`` (a string) and ``finetune`` (main.py's section less the checkpoint)."""
+    template = method.get("finetune_from")
+    if template is not None and not isinstance(template, str):
+        raise GridError(f"methods.{key}.finetune_from = {template!r}; allowed: a run-name template (a string)")
+    section = method.get("finetune", {})
+    if not isinstance(section, dict):
+        raise GridError(f"methods.{key}.finetune must be a mapping (freeze:, weights:, ...)")
+    if section and template is None:
+        raise GridError(f"methods.{key}.finetune is set without finetune_from (the run to fine-tune from)")
+    if "checkpoint" in section:
+        raise GridError(f"methods.{key}.finetune.checkpoint: the runner sets it from finetune_from; remove it")
+    return True
 
 
 def _max_steps(value: Any, train_sizes: tuple[int, ...], where: str) -> dict[int, int]:
@@ -324,7 +372,7 @@ def parse_grid(content: dict, name: str = "grid") -> Grid:
             name=key, label=str(value.get("label", key)), **{k: v for k, v in value.items() if k != "label"}
         )
         for key, value in content["methods"].items()
-        if _check_keys(value, _METHOD_KEYS, f"methods.{key}", ("config",))
+        if _check_keys(value, _METHOD_KEYS, f"methods.{key}", ("config",)) and _check_finetune(value, key)
     }
     for key, method in methods.items():
         source = method.wall_clock_from
@@ -382,6 +430,7 @@ def parse_grid(content: dict, name: str = "grid") -> Grid:
                 f"run {run.name} takes its wall-clock budget from run {source.name}, which no study of the grid "
                 f"runs with the same settings; add method {source.method.name} to the study"
             )
+    runs = link_pretrained(runs)
     return Grid(
         name=str(content.get("name", name)),
         description=str(content.get("description", "")),
@@ -389,6 +438,79 @@ def parse_grid(content: dict, name: str = "grid") -> Grid:
         runs=tuple(runs.values()),
         study_runs=study_runs,
     )
+
+
+def finetune_source(run: RunSpec) -> str | None:
+    """The name of the run ``run`` fine-tunes from, its method's ``finetune_from`` template filled in."""
+    template = run.method.finetune_from
+    if template is None:
+        return None
+    values = {
+        "dataset": run.dataset.name,
+        "backbone": run.backbone.name,
+        "method": run.method.name,
+        "train_size": run.train_size,
+        "seed": run.seed,
+        "tag": run.tag or "",
+    }
+    try:
+        return template.format(**values)
+    except KeyError as error:
+        raise GridError(
+            f"methods.{run.method.name}.finetune_from = {template!r} has the unknown placeholder {{{error.args[0]}}}; "
+            f"allowed: {', '.join('{' + name + '}' for name in FINETUNE_FIELDS)}"
+        ) from None
+    except (IndexError, ValueError) as error:
+        raise GridError(
+            f"methods.{run.method.name}.finetune_from = {template!r}: not a name template ({error})"
+        ) from None
+
+
+def link_pretrained(runs: dict[str, RunSpec]) -> dict[str, RunSpec]:
+    """The runs with ``pretrained`` set to the run their ``finetune_from`` names (which must be in ``runs``)."""
+    linked: dict[str, RunSpec] = {}
+
+    def link(name: str, chain: tuple[str, ...]) -> RunSpec:
+        if name in linked:
+            return linked[name]
+        run = runs[name]
+        source = finetune_source(run)
+        if source is None:
+            linked[name] = run
+            return run
+        if source not in runs:
+            close = difflib.get_close_matches(source, list(runs), n=3)
+            raise GridError(
+                f"run {name}: methods.{run.method.name}.finetune_from gives {source!r}, which is not a run of this "
+                f"grid" + (f"; closest: {', '.join(close)}" if close else "")
+            )
+        if source in chain or source == name:
+            raise GridError(f"finetune_from makes a cycle: {' -> '.join((*chain, name, source))}")
+        linked[name] = dataclasses.replace(run, pretrained=link(source, (*chain, name)))
+        return linked[name]
+
+    for name in runs:
+        link(name, ())
+    return {name: linked[name] for name in runs}  # in the studies' order
+
+
+def pretraining_first(runs: list[RunSpec]) -> list[RunSpec]:
+    """``runs`` reordered so that every run comes after the runs it fine-tunes from (otherwise in order)."""
+    names = {run.name for run in runs}
+    ordered: list[RunSpec] = []
+    placed: set[str] = set()
+
+    def place(run: RunSpec) -> None:
+        if run.name in placed:
+            return
+        if run.pretrained is not None and run.pretrained.name in names:
+            place(next(r for r in runs if r.name == run.pretrained.name))
+        placed.add(run.name)
+        ordered.append(run)
+
+    for run in runs:
+        place(run)
+    return ordered
 
 
 def expand_study(

@@ -49,7 +49,7 @@ from piwsl.data.formats import FORMATS
 from piwsl.data.lmdb_writer import check_replaceable
 from piwsl.data.prepare import DATASET_ENTRIES, EXTRA_SPLITS, file_checksum
 from piwsl.data.splits import default_test_size, default_val_size
-from piwsl.experiments.grid import ROOT, Grid, RunSpec, merge, resolve
+from piwsl.experiments.grid import ROOT, Grid, RunSpec, merge, pretraining_first, resolve
 
 TRAIN_SCRIPT = ROOT / "main.py"
 PREPARE_SCRIPT = ROOT / "scripts/prepare_data.py"
@@ -78,6 +78,10 @@ class RunLocked(RunFailed):
 
 class WaitingForRun(RunFailed):
     """A run whose wall-clock budget comes from another run that has not finished yet."""
+
+
+class PretrainingNotFinished(RunFailed):
+    """A fine-tuning run whose pretraining run (``finetune_from``) has no results with its current config."""
 
 
 @dataclass(frozen=True)
@@ -199,9 +203,9 @@ def split_mismatches(directory: Path, run: RunSpec) -> list[str]:
     Compared with its ``metadata.json``: format, source path and SHA-256, split seed, train and
     validation sizes, force labels of the training split, and the test size, which must equal the
     requested one, or the format's default for the source when none is requested
-    (``splits.default_test_size``). The extra ``prepare_args`` are compared with the
-    ``split_request.json`` the runner writes beside it; a split prepared before that record
-    existed counts as prepared without extra arguments.
+    (``splits.default_test_size``), and the SHA-256 of a ``--test-src`` file. The extra
+    ``prepare_args`` are compared with the ``split_request.json`` the runner writes beside it; a
+    split prepared before that record existed counts as prepared without extra arguments.
     """
     metadata = json.loads((directory / "metadata.json").read_text())
     request_file = directory / SPLIT_REQUEST_FILE
@@ -231,6 +235,9 @@ def split_mismatches(directory: Path, run: RunSpec) -> list[str]:
         ),
         "prepare_args": (recorded.get("prepare_args"), request["prepare_args"]),
     }
+    if metadata.get("test_source"):  # prepared with --test-src: that file must not have changed either
+        current = source_checksum(Path(metadata["test_source"])) or "unknown: the file does not exist"
+        pairs["test_source_sha256"] = (metadata.get("test_source_sha256"), current)
     return [
         f"{key} is {found!r}, the run asks for {asked!r}" for key, (found, asked) in pairs.items() if found != asked
     ]
@@ -346,7 +353,7 @@ def wall_clock_budget(run: RunSpec, paths: Paths) -> float:
     """The training time of ``run``'s wall-clock source run; ``WaitingForRun`` if that run is not done."""
     source = run.wall_clock_source
     result = read_result(paths.result_file(source))
-    current = hash_config(render_config(source, paths), source.seed)
+    current = config_hash(source, paths)
     if result is None or result.get("config_hash") != current:
         raise WaitingForRun(
             f"{run.name}: its wall-clock budget is the training time of run {source.name}, which is not done; "
@@ -356,7 +363,11 @@ def wall_clock_budget(run: RunSpec, paths: Paths) -> float:
 
 
 def render_config(run: RunSpec, paths: Paths) -> str:
-    """The YAML of the run's config: the base config included, the overrides on top."""
+    """The YAML of the run's config: the base config included, the overrides on top.
+
+    A fine-tuning run (``run.pretrained``) gets main.py's ``finetune`` section with the pretrained
+    run's best checkpoint (``pretrained_checkpoint``: raises unless that run is finished).
+    """
     if not run.base_config.is_file():
         raise RunFailed(f"{run.name}: base config {relative(run.base_config)} does not exist")
     header = (
@@ -364,7 +375,42 @@ def render_config(run: RunSpec, paths: Paths) -> str:
         f"# Base config {relative(run.base_config)}; the test split is evaluated after training, not during it.\n"
     )
     content = {"includes": [str(run.base_config)]} | run_overrides(run, paths)
+    if run.pretrained is not None:
+        checkpoint, _ = pretrained_checkpoint(run, paths)
+        content["finetune"] = merge(run.method.finetune, {"checkpoint": relative(checkpoint)})
     return header + yaml.safe_dump(content, sort_keys=False)
+
+
+def pretrained_checkpoint(run: RunSpec, paths: Paths) -> tuple[Path, str]:
+    """The best checkpoint of the run ``run`` fine-tunes from, and its SHA-256.
+
+    Raises ``PretrainingNotFinished`` unless that run has results with its current config hash
+    and its ``best_checkpoint.pt`` exists.
+    """
+    source = run.pretrained
+    if source is None:
+        raise ValueError(f"{run.name} is not a fine-tuning run")
+    try:
+        source_hash = config_hash(source, paths)
+    except PretrainingNotFinished as error:
+        raise PretrainingNotFinished(
+            f"{run.name}: fine-tunes from {source.name}, which waits itself: {error}"
+        ) from None
+    result = read_result(paths.result_file(source))
+    checkpoint = paths.checkpoint_dir(run_id(source, source_hash)) / "best_checkpoint.pt"
+    if result is None or result.get("config_hash") != source_hash or not checkpoint.is_file():
+        raise PretrainingNotFinished(
+            f"{run.name}: fine-tunes from {source.name}, which is not finished (no results with its current "
+            f"config hash {source_hash}); train it first (the runner runs it first when both are selected)"
+        )
+    return checkpoint, source_checksum(checkpoint)
+
+
+def config_hash(run: RunSpec, paths: Paths, text: str | None = None) -> str:
+    """``hash_config`` of the run's config (``text``, else rendered) and of its pretrained checkpoint's SHA-256."""
+    text = render_config(run, paths) if text is None else text
+    pretrained = pretrained_checkpoint(run, paths)[1] if run.pretrained is not None else None
+    return hash_config(text, run.seed, pretrained)
 
 
 def resolved_config(text: str) -> dict:
@@ -376,9 +422,12 @@ def resolved_config(text: str) -> dict:
     return resolved
 
 
-def hash_config(text: str, seed: int) -> str:
-    """The hash identifying a run's results and checkpoints: of its resolved config and its seed."""
+def hash_config(text: str, seed: int, pretrained_sha256: str | None = None) -> str:
+    """The hash identifying a run's results and checkpoints: of its resolved config, its seed and the
+    SHA-256 of the checkpoint it is fine-tuned from (if any)."""
     content = {"config": resolved_config(text), "seed": seed}
+    if pretrained_sha256 is not None:
+        content["pretrained_sha256"] = pretrained_sha256
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -389,7 +438,7 @@ def write_config(run: RunSpec, paths: Paths) -> tuple[Path, str, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
-    return path, text, hash_config(text, run.seed)
+    return path, text, config_hash(run, paths, text)
 
 
 def run_id(run: RunSpec, config_hash: str) -> str:
@@ -406,15 +455,18 @@ def read_result(path: Path) -> dict | None:
 
 
 def run_status(run: RunSpec, paths: Paths) -> str:
-    """``done`` (results with the current config hash), ``partial`` (a checkpoint to resume) or ``todo``.
+    """``done`` (results with the current config hash), ``partial`` (a checkpoint to resume), ``todo``, or
+    ``waiting`` (a fine-tuning run whose pretraining run is not finished).
 
     Writes nothing (``--list`` only looks). A run waiting for its wall-clock source run is
     ``waiting for <source run>``.
     """
     try:
-        current = hash_config(render_config(run, paths), run.seed)
+        current = config_hash(run, paths)
     except WaitingForRun:
         return f"waiting for {run.wall_clock_source.name}"
+    except PretrainingNotFinished:
+        return "waiting"
     result = read_result(paths.result_file(run))
     if result is not None and result.get("config_hash") == current:
         return "done"
@@ -572,6 +624,14 @@ def _git_commit() -> str | None:
     return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def _pretrained_record(run: RunSpec, paths: Paths) -> dict | None:
+    """The run a fine-tuning run started from: its name, best checkpoint and that file's SHA-256."""
+    if run.pretrained is None:
+        return None
+    checkpoint, sha256 = pretrained_checkpoint(run, paths)
+    return {"run": run.pretrained.name, "checkpoint": relative(checkpoint), "sha256": sha256}
+
+
 def evaluation_splits(data: Path, options: Options) -> list[str]:
     """The splits a run is tested on: ``options.eval_split``, and for ``test`` every extra test split prepared."""
     if options.eval_split != "test":
@@ -670,6 +730,7 @@ def execute_run(
                 "test_splits": splits,
                 "best_checkpoint": relative(best),
                 "val_metrics": {key: value["metric"] for key, value in (best_state.get("val_metrics") or {}).items()},
+                "pretrained": _pretrained_record(run, paths),
                 **errors,
                 "host": socket.gethostname(),
                 "device": "cpu" if options.use_cpu() else torch.cuda.get_device_name(),
@@ -691,10 +752,12 @@ def execute_run(
 def run_locally(runs: Iterable[RunSpec], paths: Paths, options: Options) -> list[str]:
     """Execute the runs one after another, skipping finished ones; return the failures' messages.
 
-    A failing run (its ``.failed.json`` written) or one another runner is busy with does not stop
-    the others; SIGTERM/SIGINT stop the current training cleanly and then the whole grid.
+    Pretraining runs go before the runs fine-tuned from them; a fine-tuning run whose pretraining
+    run is not finished is refused (one line, no failure record). A failing run (its
+    ``.failed.json`` written) or one another runner is busy with does not stop the others;
+    SIGTERM/SIGINT stop the current training cleanly and then the whole grid.
     """
-    runs = list(runs)
+    runs = pretraining_first(list(runs))
     failures = []
     bar = tqdm(runs, desc="runs", unit="run", disable=not options.progress)
     for run in bar:
@@ -703,7 +766,11 @@ def run_locally(runs: Iterable[RunSpec], paths: Paths, options: Options) -> list
             status = run_status(run, paths)
             if status == "done":
                 continue
-            if status.startswith("waiting"):
+            if status == "waiting":  # its pretraining run failed or is not among the selected runs
+                failures.append(str(_waiting(run, paths)))
+                tqdm.write(f"FAILED {failures[-1]}")
+                continue
+            if status.startswith("waiting for"):
                 failures.append(f"{run.name}: not run, {status} (its wall-clock budget)")
                 tqdm.write(f"SKIPPED {failures[-1]}")
                 continue
@@ -724,6 +791,15 @@ def run_locally(runs: Iterable[RunSpec], paths: Paths, options: Options) -> list
             f"{result['steps']} steps, {result['train_wall_s']:.0f} s"
         )
     return failures
+
+
+def _waiting(run: RunSpec, paths: Paths) -> PretrainingNotFinished:
+    """The error that says why ``run`` waits for its pretraining run."""
+    try:
+        pretrained_checkpoint(run, paths)
+    except PretrainingNotFinished as error:
+        return error
+    return PretrainingNotFinished(f"{run.name}: its pretraining run {run.pretrained.name} is not finished")
 
 
 # ---------------------------------------------------------------------------------------------- SLURM
@@ -774,8 +850,12 @@ def submit_slurm(runs: list[RunSpec], paths: Paths, options: Options, slurm: Slu
 
     statuses = {run.name: run_status(run, paths) for run in runs}
     waiting = [name for name, status in statuses.items() if status.startswith("waiting")]
-    if waiting:
-        print(f"not submitted, their wall-clock source runs are not done: {', '.join(waiting)}", file=sys.stderr)
+    if waiting:  # array tasks run side by side: these go in a later submission
+        print(
+            "not submitted, their pretraining or wall-clock source runs are not done (submit again then): "
+            + ", ".join(waiting),
+            file=sys.stderr,
+        )
     pending = [run for run in runs if statuses[run.name] != "done" and run.name not in waiting]
     for run in tqdm(pending, desc="prepare splits", disable=not options.progress):
         prepare_split(run, paths)
@@ -806,7 +886,7 @@ def grid_description(grid: Grid, paths: Paths) -> dict[str, Any]:
     hashes = {}
     for run in grid.runs:
         try:
-            hashes[run.name] = hash_config(render_config(run, paths), run.seed)
+            hashes[run.name] = config_hash(run, paths)
         except RunFailed:
             hashes[run.name] = None
     return grid.describe() | {"config_hashes": hashes}
