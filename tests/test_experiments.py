@@ -237,6 +237,7 @@ def test_a_run_another_runner_holds_is_refused_without_a_failure_record(tmp_path
 
 def test_training_attempts_are_recorded_per_run_id_also_when_failed_or_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "POLL_SECONDS", 0.05)
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs in the background (nohup)
     paths = paths_in(tmp_path)
     run = parse_grid(grid_content(tmp_path)).runs[0]
     timing, other = paths.timing_file(runner.run_id(run, "a" * 12)), paths.timing_file(runner.run_id(run, "b" * 12))
@@ -264,7 +265,7 @@ def test_training_attempts_are_recorded_per_run_id_also_when_failed_or_stopped(t
     assert stopped_marker.exists(), "SIGINT must reach the trainer as SIGTERM"
     assert [attempt["returncode"] for attempt in json.loads(other.read_text())] == [143]
     assert len(json.loads(timing.read_text())) == 2, "attempts of another run id must stay apart"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before, "the runner restores the SIGINT handler"
 
 
 # ------------------------------------------------------------------------------------------ prepared data
