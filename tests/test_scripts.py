@@ -61,6 +61,7 @@ def test_remainders_shrink_as_second_and_third_order_on_the_reference(tmp_path):
         "scripts/benchmark_table.py",
         "scripts/taylor_remainder.py",
         "scripts/diagnostics/neighbour_cap.py",
+        "scripts/compare_levels.py",
     ],
 )
 def test_help_explains_the_flags(script):
@@ -122,3 +123,31 @@ def test_benchmark_inference_times_direct_and_gradient_checkpoints(tmp_path):
     rows = {row["model"]: row for row in json.loads(output.read_text())["rows"]}
     assert rows["direct"]["forces"] == "direct" and rows["gradient"]["forces"] == "gradient"
     assert all(row["median_ms_per_batch"] > 0 for row in rows.values())
+
+
+def test_compare_levels_measures_the_cheap_level_against_its_relabelled_frames(tmp_path):
+    """xTB frames relabelled with known shifts: the offset and the remaining errors come back exactly."""
+    import numpy as np
+
+    from piwsl.data.formats import read_rmd17
+
+    frames = np.array([3, 0, 7])
+    structures = read_rmd17(ETHANOL)
+    energies = np.array([structures[i].energy for i in frames])
+    shifts = np.array([1.0, -1.0, 0.0])  # on top of a constant offset of 100 kcal/mol
+    forces = np.stack([structures[i].forces for i in frames]) + 0.5
+    reference = dict(R=np.stack([structures[i].positions for i in frames]), E=energies - 100.0 + shifts)
+    np.savez(tmp_path / "test.npz", **reference, F=forces, source_frames=frames, theory="toy")
+    output = tmp_path / "levels.json"
+    run_script("scripts/compare_levels.py", "rmd17", "--src", str(ETHANOL), "--dft", str(tmp_path / "test.npz"),
+               "--json", str(output))  # fmt: skip
+    result = json.loads(output.read_text())
+    assert result["frames"] == 3 and result["energy_offset_kcal_mol"] == pytest.approx(100.0)
+    assert result["energy_rmse_kcal_mol"] == pytest.approx(np.sqrt(2 / 3))
+    assert result["forces_rmse_kcal_mol_A"] == pytest.approx(0.5)
+    assert result["forces_mae_kcal_mol_A"] == pytest.approx(0.5)
+    moved = dict(reference, R=reference["R"] + 0.01)
+    np.savez(tmp_path / "moved.npz", **moved, source_frames=frames)
+    command = [sys.executable, "scripts/compare_levels.py", "rmd17", "--src", str(ETHANOL)]
+    failed = subprocess.run([*command, "--dft", str(tmp_path / "moved.npz")], capture_output=True, text=True, cwd=ROOT)
+    assert failed.returncode == 2 and "frame 0 is not frame 3" in failed.stderr.strip().splitlines()[-1]
