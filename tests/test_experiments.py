@@ -173,6 +173,30 @@ def test_status_is_done_only_for_results_with_the_current_config_hash(tmp_path):
     assert stat.S_IMODE(paths.result_file(run).stat().st_mode) == 0o644, "results must be readable by others"
 
 
+def test_a_method_with_another_runs_config_reuses_its_results_without_training(tmp_path, monkeypatch):
+    content = grid_content(tmp_path)
+    content["methods"]["baseline_tuned"] = dict(content["methods"]["baseline"], label="Tuned")
+    content["studies"]["main"]["methods"].append("baseline_tuned")
+    paths = paths_in(tmp_path)
+    runs = {run.name: run for run in parse_grid(content).runs}
+    source, twin = runs["ethanol-painn-baseline-n16-s0"], runs["ethanol-painn-baseline_tuned-n16-s0"]
+    other_seed = runs["ethanol-painn-baseline_tuned-n16-s1"]
+    _, _, config_hash = runner.write_config(source, paths)
+    assert runner.write_config(twin, paths)[2] == config_hash
+    finished = source.describe() | {"config_hash": config_hash, "test": {"energy_rmse": 1.5}, "steps": 8}
+    runner.write_json_atomic(paths.result_file(source), finished)
+    assert runner.run_status(twin, paths).startswith("todo (same config as ethanol-painn-baseline-n16-s0")
+    assert runner.run_status(other_seed, paths) == "todo", "another seed is another config"
+    monkeypatch.setattr(runner, "_train", lambda *args: pytest.fail("an identical run must not be trained"))
+    result = runner.execute_run(twin, paths, runner.Options(progress=False))
+    assert result["reused_from"] == source.name and result["test"] == {"energy_rmse": 1.5}
+    assert result["method"] == "baseline_tuned" and result["method_label"] == "Tuned"
+    assert runner.read_result(paths.result_file(twin)) == result
+    assert runner.run_status(twin, paths) == "done"
+    assert runner.identical_finished_run(other_seed, paths, config_hash) is not None
+    assert runner.identical_finished_run(source, paths, "another hash") is None
+
+
 def test_list_writes_nothing_and_grid_json_holds_each_runs_config_hash(tmp_path, capsys):
     grid_file = tmp_path / "grid.yml"
     grid_file.write_text(yaml.safe_dump(grid_content(tmp_path)))

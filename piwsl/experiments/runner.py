@@ -6,7 +6,10 @@ YAML that ``includes:`` the repository config and merges the overrides; ``main.p
 a subprocess (a crash stays in that run) with a checkpoint directory named after the run and its
 config hash, so rerunning resumes a killed run from its last checkpoint; the best-validation
 checkpoint is evaluated with ``piwsl.evaluate`` and ``RESULTS/runs/<run>.json`` written atomically.
-A run whose results file holds the current config hash is done and skipped.
+A run whose results file holds the current config hash is done and skipped; a run whose resolved
+config and seed equal those of another finished run (e.g. a grid method that aliases another, such as
+a tuned baseline that turned out to be the paper's setting) is not trained again: its results file is
+that run's, with ``reused_from`` naming it.
 
 Prepared splits are immutable: finished runs were trained and tested on them, so a split
 directory that holds other data than a run asks for (another source, checksum, size or
@@ -454,6 +457,18 @@ def read_result(path: Path) -> dict | None:
         return None
 
 
+def identical_finished_run(run: RunSpec, paths: Paths, config_hash: str) -> dict | None:
+    """The results of another run of the grid with the same config hash (resolved config, seed and
+    pretrained checkpoint), finished by its own training; None if there is none."""
+    for path in sorted(paths.runs_dir.glob("*.json")):
+        if path.name.endswith(".failed.json") or path == paths.result_file(run):
+            continue
+        result = read_result(path)
+        if result is not None and result.get("config_hash") == config_hash and "reused_from" not in result:
+            return result
+    return None
+
+
 def run_status(run: RunSpec, paths: Paths) -> str:
     """``done`` (results with the current config hash), ``partial`` (a checkpoint to resume), ``todo``, or
     ``waiting`` (a fine-tuning run whose pretraining run is not finished).
@@ -472,6 +487,9 @@ def run_status(run: RunSpec, paths: Paths) -> str:
         return "done"
     if (paths.checkpoint_dir(run_id(run, current)) / "checkpoint.pt").is_file():
         return "partial"
+    twin = identical_finished_run(run, paths, current)
+    if twin is not None:
+        return f"todo (same config as {twin['run']}: its results are copied, nothing is trained)"
     return "todo"
 
 
@@ -688,6 +706,12 @@ def execute_run(
             finished = read_result(paths.result_file(run))
             if finished is not None and finished.get("config_hash") == config_hash:
                 return finished  # another runner finished it meanwhile
+            twin = identical_finished_run(run, paths, config_hash)
+            if twin is not None:
+                result = twin | run.describe() | {"reused_from": twin["run"]}
+                write_json_atomic(paths.result_file(run), result)
+                paths.failure_file(run).unlink(missing_ok=True)
+                return result
             data = prepare_split(run, paths)
             command = train_command(run, paths, config_file, identifier, options.use_cpu())
             attempts = _train(
