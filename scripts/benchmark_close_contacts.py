@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from piwsl.data.formats import read_rmd17
 from piwsl.data.prepare import prepare_dataset
 from piwsl.data.structures import Structure
 from piwsl.displacements import close_contacts
+from piwsl.jsonfiles import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Spacing of the molecule copies, Å: far beyond any cutoff of the small models' graphs.
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
         "results": rows,
     }
     if args.json is not None:
-        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        write_json_atomic(args.json, summary)
     return summary
 
 

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from piwsl.jsonfiles import write_json_atomic
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -106,8 +107,7 @@ def run(args: argparse.Namespace) -> dict:
             f"{row['min_ms_per_batch']:13.1f} {row['median_ms_per_structure']:13.2f}"
         )
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=1))
+        write_json_atomic(args.json, summary)
     return summary
 
 

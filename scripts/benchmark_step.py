@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import copy
 import itertools
-import json
 import logging
 import shutil
 import statistics
@@ -31,6 +30,7 @@ import yaml
 from fairchem.core.common.utils import load_config
 
 from piwsl.cpu_memory import tune_malloc_for_tensors
+from piwsl.jsonfiles import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> dict:
                         f"{row['us_per_call']:9.1f}"
                     )
     if args.json is not None:
-        args.json.write_text(json.dumps(summary, indent=1))
+        write_json_atomic(args.json, summary)
     return summary
 
 

@@ -18,7 +18,6 @@ Example (the bundled ethanol sets):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from piwsl.data.formats import FORMATS, open_source
 from piwsl.data.validation import DataFormatError
+from piwsl.jsonfiles import write_json_atomic
 
 #: Largest coordinate difference (Å) between a relabelled frame and its source frame.
 POSITION_TOLERANCE = 1e-5
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table(result))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json_atomic(args.json, result)
     return 0
 
 

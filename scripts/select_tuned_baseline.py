@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 from piwsl.experiments.grid import GridError
-from piwsl.experiments.runner import write_json_atomic
 from piwsl.experiments.tuning import (
     DEFAULT_METRIC,
     DEFAULT_TOLERANCE,
@@ -32,6 +31,7 @@ from piwsl.experiments.tuning import (
     grid_uses_choice,
     select,
 )
+from piwsl.jsonfiles import write_json_atomic
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,6 @@ Example: python scripts/taylor_remainder.py --data data/rmd17_aspirin_gfn2xtb_50
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from piwsl.data.formats import read_rmd17
 from piwsl.data.units import EV_TO_KCAL_PER_MOL
 from piwsl.displacements import RandomDisplacementSampler
+from piwsl.jsonfiles import write_json_atomic
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
         )
         print(f"{row['max_displacement']:10.3f} {cells}")
     if args.json is not None:
-        args.json.write_text(json.dumps(summary, indent=1))
+        write_json_atomic(args.json, summary)
     return summary
 
 

@@ -53,6 +53,7 @@ from piwsl.data.lmdb_writer import check_replaceable
 from piwsl.data.prepare import DATASET_ENTRIES, EXTRA_SPLITS, file_checksum
 from piwsl.data.splits import default_test_size, default_val_size
 from piwsl.experiments.grid import ROOT, Grid, RunSpec, merge, pretraining_first, resolve
+from piwsl.jsonfiles import write_json_atomic
 
 TRAIN_SCRIPT = ROOT / "main.py"
 PREPARE_SCRIPT = ROOT / "scripts/prepare_data.py"
@@ -137,21 +138,6 @@ class Options:
 
             return not torch.cuda.is_available()
         return self.device == "cpu"
-
-
-def write_json_atomic(path: Path, content: Any) -> None:
-    """Write JSON to ``path`` (mode 0644: readable by others) through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(handle, 0o644)
-        with os.fdopen(handle, "w") as stream:
-            json.dump(content, stream, indent=1, default=str)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def relative(path: Path) -> str:

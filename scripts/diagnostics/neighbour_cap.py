@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from piwsl.displacements import RandomDisplacementSampler
 from piwsl.experiments.diagnostics import load_structures
+from piwsl.jsonfiles import write_json_atomic
 from piwsl.neighbours import atoms_to_batch, cap_changes_graph, neighbour_truncation
 
 
@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> dict:
             f"{row['largest_neighbour_count']:14d} {100 * row['changed_displacement_fraction']:39.1f}%"
         )
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=1))
+        write_json_atomic(args.json, summary)
     return summary
 
 
