@@ -15,9 +15,9 @@ lane=${1:-all}
 run() { .venv/bin/python scripts/run_experiments.py --grid "$grid" --no-progress "$@"; }
 
 # One data set's runs, most informative first: the form study (3 seeds), the conservative reference,
-# 12,000-step runs, N_train 1000, the energy-coefficient front, energy-only (ANI-1x-like only), weights.
+# 12,000-step runs, N_train 1000, the energy-coefficient front, energy-only (ANI-1x-like only), weights, small eSCN (aspirin only).
 lane() {
-  local studies=(form conservative "long --study long_conservative" form_1k conservative_1k front energy_only weights)
+  local studies=(form conservative "long --study long_conservative" form_1k conservative_1k front energy_only weights escn)
   for study in "${studies[@]}"; do
     # shellcheck disable=SC2086  # "long --study long_conservative" is two studies
     run --study $study --only "$1-*"
