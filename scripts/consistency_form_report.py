@@ -36,6 +36,7 @@ from piwsl.experiments.aggregate import current_results, load_grid_description, 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATION_METRICS = ("energy_mae", "forces_mae")
 #: A method name ending in _e10 / _e100 is its stem with that supervised energy coefficient.
+MAIN_BACKBONE = "painn"  # the grid's small PaiNN with direct forces; other backbones are labelled in figures
 ENERGY_COEFFICIENT = re.compile(r"^(?P<stem>.+?)(?:_e(?P<coefficient>\d+))?$")
 
 
@@ -68,6 +69,18 @@ def test_energy_variances(results: list[dict], data_dir: Path, cache: Path) -> d
     return variances
 
 
+def backbone_suffix(backbone: str, backbone_label: str) -> str:
+    """What a figure label adds for a run of another backbone than the study's direct-force PaiNN."""
+    return "" if backbone == MAIN_BACKBONE else f", {backbone_label}"
+
+
+def marker(backbone: str, backbone_label: str) -> str:
+    """Circles for the study's PaiNN, stars for −dE/dr models, squares for other direct-force models."""
+    if backbone == MAIN_BACKBONE:
+        return "o"
+    return "*" if "−dE/dr" in backbone_label else "s"
+
+
 def method_label(result: dict) -> str:
     """The method's label; runs of a tagged study (other step budget) say their number of steps."""
     return result["method_label"] + (f", {result['max_steps']:,} steps" if result.get("tag") else "")
@@ -90,6 +103,7 @@ def overview_rows(results: list[dict], variances: dict[str, float]) -> list[dict
             {
                 "dataset": dataset,
                 "backbone": runs[0]["backbone_label"],
+                "backbone_key": runs[0]["backbone"],
                 "method": method_label(runs[0]),
                 "method_key": method,
                 "tag": tag,
@@ -162,18 +176,17 @@ def plot_fronts(rows: list[dict], figures: Path) -> list[Path]:
         lines: dict[tuple, list[tuple[int, dict]]] = defaultdict(list)
         for row in panel:
             match = ENERGY_COEFFICIENT.match(row["method_key"])
-            lines[(row["backbone"], match["stem"])].append((int(match["coefficient"] or 1), row))
-        for (backbone, _stem), members in sorted(lines.items()):
+            lines[(row["backbone_key"], row["backbone"], match["stem"])].append((int(match["coefficient"] or 1), row))
+        for (backbone, backbone_label, _stem), members in sorted(lines.items()):
             members.sort(key=lambda item: item[0])
             x = [m["forces_rmse"].mean for _, m in members]
             y = [m["energy_rmse"].mean for _, m in members]
             label = members[0][1]["method"] + ("" if len(members) == 1 else " (E coef " + "/".join(
                 str(c) for c, _ in members) + ")")  # fmt: skip
-            if "−dE/dr" in backbone:
-                label = f"{label}, {backbone}"
+            label += backbone_suffix(backbone, backbone_label)
             handle = axis.errorbar(
                 x, y, xerr=[m["forces_rmse"].std for _, m in members], yerr=[m["energy_rmse"].std for _, m in members],
-                marker="*" if "−dE/dr" in backbone else "o", capsize=3, label=label,
+                marker=marker(backbone, backbone_label), capsize=3, label=label,
                 linestyle="-" if len(members) > 1 else "none",
             )  # fmt: skip
             for coefficient, member in members[1:]:
@@ -233,7 +246,7 @@ def plot_curves(curves: list[dict], results: list[dict], figures: Path) -> list[
         result = by_run.get(row["run"])
         if result is None:
             continue
-        label = method_label(result) + (", −dE/dr" if "−dE/dr" in result["backbone_label"] else "")
+        label = method_label(result) + backbone_suffix(result["backbone"], result["backbone_label"])
         panels[(result["dataset"], result["train_size"])][label][row["metric"]].append(
             (int(row["step"]), float(row["value"]))
         )

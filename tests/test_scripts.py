@@ -89,10 +89,19 @@ def test_consistency_form_report_builds_overview_fronts_and_curves(tmp_path):
     longer |= {"run": "mol-painn-trapezoid-n100-s0-long", "tag": "long", "max_steps": 120, "steps": 120}
     longer["test"] = longer["test"] | {"energy_rmse": 1.0}
     (results / "runs/mol-painn-trapezoid-n100-s0-long.json").write_text(json.dumps(longer))
+    # a run of another backbone with the same method is its own row too
+    other = json.loads((results / "runs/mol-painn-baseline-n100-s0.json").read_text())
+    other |= {"run": "mol-escn-baseline-n100-s0", "backbone": "escn", "backbone_label": "eSCN"}
+    other["test"] = other["test"] | {"energy_rmse": 7.0}
+    (results / "runs/mol-escn-baseline-n100-s0.json").write_text(json.dumps(other))
     (results / "test_energy_variance.json").write_text(json.dumps({"mol-n100-s0": 25.0, "mol-n100-s1": 36.0}))
     run_script("scripts/consistency_form_report.py", "--results", str(results), "--runs", str(tmp_path / "none"))
     with (results / "tables/overview.csv").open() as handle:
-        rows = {(row["method"], row["tag"]): row for row in csv.DictReader(handle)}
+        all_rows = list(csv.DictReader(handle))
+    rows = {(row["method"], row["tag"]): row for row in all_rows if row["backbone"] == "PaiNN"}
+    escn = [row for row in all_rows if row["backbone"] == "eSCN"]
+    assert len(escn) == 1 and escn[0]["seeds"] == "1" and float(escn[0]["energy_rmse_mean"]) == 7.0
+    assert float(rows["baseline", ""]["energy_rmse_mean"]) == pytest.approx(4.5)
     trapezoid = rows["trapezoid", ""]
     assert float(trapezoid["energy_rmse_mean"]) == pytest.approx(2.5)
     assert rows["trapezoid", "long"]["seeds"] == "1" and float(rows["trapezoid", "long"]["energy_rmse_mean"]) == 1.0
