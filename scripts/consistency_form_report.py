@@ -82,8 +82,10 @@ def marker(backbone: str, backbone_label: str) -> str:
 
 
 def method_label(result: dict) -> str:
-    """The method's label; runs of a tagged study (other step budget) say their number of steps."""
-    return result["method_label"] + (f", {result['max_steps']:,} steps" if result.get("tag") else "")
+    """The method's label; energy-only runs say so, runs of a tagged study (other step budget) say their
+    number of steps."""
+    label = result["method_label"] + (" (energy-only)" if result.get("energy_only") else "")
+    return label + (f", {result['max_steps']:,} steps" if result.get("tag") else "")
 
 
 def overview_rows(results: list[dict], variances: dict[str, float]) -> list[dict]:
@@ -106,6 +108,7 @@ def overview_rows(results: list[dict], variances: dict[str, float]) -> list[dict
                 "backbone_key": runs[0]["backbone"],
                 "method": method_label(runs[0]),
                 "method_key": method,
+                "energy_only": bool(runs[0].get("energy_only")),
                 "tag": tag,
                 "N_train": size,
                 "seeds": len(runs),
@@ -169,7 +172,8 @@ def plot_fronts(rows: list[dict], figures: Path) -> list[Path]:
     written = []
     panels: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        if row["forces_rmse"] is not None and not row["tag"]:  # tagged studies train longer: not on the front
+        # tagged studies train longer, energy-only runs have no force labels: neither is on the front
+        if row["forces_rmse"] is not None and not row["tag"] and not row["energy_only"]:
             panels[(row["dataset"], row["N_train"])].append(row)
     for (dataset, size), panel in sorted(panels.items()):
         figure, axis = plt.subplots(figsize=(6.4, 4.6))

@@ -94,6 +94,10 @@ def test_consistency_form_report_builds_overview_fronts_and_curves(tmp_path):
     other |= {"run": "mol-escn-baseline-n100-s0", "backbone": "escn", "backbone_label": "eSCN"}
     other["test"] = other["test"] | {"energy_rmse": 7.0}
     (results / "runs/mol-escn-baseline-n100-s0.json").write_text(json.dumps(other))
+    # an energy-only run says so in its label
+    energy_only = json.loads((results / "runs/mol-painn-baseline-n100-s1.json").read_text())
+    energy_only |= {"run": "mol-painn-eo_baseline-n100-s1", "method": "eo_baseline", "energy_only": True}
+    (results / "runs/mol-painn-eo_baseline-n100-s1.json").write_text(json.dumps(energy_only))
     (results / "test_energy_variance.json").write_text(json.dumps({"mol-n100-s0": 25.0, "mol-n100-s1": 36.0}))
     run_script("scripts/consistency_form_report.py", "--results", str(results), "--runs", str(tmp_path / "none"))
     with (results / "tables/overview.csv").open() as handle:
@@ -102,6 +106,7 @@ def test_consistency_form_report_builds_overview_fronts_and_curves(tmp_path):
     escn = [row for row in all_rows if row["backbone"] == "eSCN"]
     assert len(escn) == 1 and escn[0]["seeds"] == "1" and float(escn[0]["energy_rmse_mean"]) == 7.0
     assert float(rows["baseline", ""]["energy_rmse_mean"]) == pytest.approx(4.5)
+    assert "Baseline (energy-only)" in (results / "tables/overview.md").read_text()
     trapezoid = rows["trapezoid", ""]
     assert float(trapezoid["energy_rmse_mean"]) == pytest.approx(2.5)
     assert rows["trapezoid", "long"]["seeds"] == "1" and float(rows["trapezoid", "long"]["energy_rmse_mean"]) == 1.0
