@@ -518,6 +518,19 @@ def test_overwrite_replaces_a_prepared_dataset_and_stale_staging_is_removed(scra
     assert leftovers == [other_target.name]
 
 
+def test_a_dataset_renamed_aside_by_a_killed_overwrite_is_restored(scratch, capsys):
+    """A kill between replace_directory's two renames leaves the old dataset in .NAME.*.old/NAME only."""
+    out = scratch.data
+    metadata = (out / "metadata.json").read_text()
+    aside = out.parent / f".{out.name}.k1ll3d.old"
+    aside.mkdir()
+    out.rename(aside / out.name)
+    with pytest.warns(UserWarning, match="interrupted; restored the previous copy"):
+        assert PREPARE.main([str(a) for a in prepare(scratch, out=out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err, "the restored dataset is not overwritten unasked"
+    assert (out / "metadata.json").read_text() == metadata and not aside.exists()
+
+
 def test_an_empty_output_directory_is_used(scratch):
     (scratch.root / "datasets/empty").mkdir()
     assert PREPARE.main([str(a) for a in prepare(scratch, out="datasets/empty")]) == 0

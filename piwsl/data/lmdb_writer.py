@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -166,12 +167,40 @@ def remove_stale_staging(target: Path) -> list[Path]:
     return removed
 
 
+def restore_interrupted_replacement(target: Path) -> Path | None:
+    """Put back an old ``target`` that ``replace_directory`` had renamed aside when it was killed.
+
+    A process killed between ``replace_directory``'s two renames leaves ``target`` absent and the old
+    directory in ``.<name>.*.old/<name>``; with ``target`` absent, the newest such copy is moved back
+    (and a warning says so). Returns the restored path, or None when there was nothing to restore.
+    """
+    target = Path(target)
+    if target.exists() or target.is_symlink():
+        return None
+    leftovers = sorted(
+        (path for path in target.parent.glob(f".{target.name}.*.old") if (path / target.name).is_dir()),
+        key=lambda path: path.stat().st_mtime,
+    )
+    if not leftovers:
+        return None
+    os.replace(leftovers[-1] / target.name, target)
+    shutil.rmtree(leftovers[-1], ignore_errors=True)
+    warnings.warn(
+        f"{target} was missing: a replacement of it was interrupted; restored the previous copy from "
+        f"{leftovers[-1].name}",
+        stacklevel=2,
+    )
+    return target
+
+
 def replace_directory(staging: Path, target: Path) -> None:
     """Move the complete directory ``staging`` to ``target``, replacing any old ``target``.
 
     An old ``target`` is first renamed aside, so ``target`` is at every moment either the old or
-    the new complete directory (or, between the two renames, absent), never a mixture.
+    the new complete directory (or, between the two renames, absent, which
+    ``restore_interrupted_replacement`` repairs), never a mixture.
     """
+    restore_interrupted_replacement(target)
     if not target.exists():
         os.replace(staging, target)
         return

@@ -30,6 +30,7 @@ from piwsl.data.lmdb_writer import (
     OutputExistsError,
     check_replaceable,
     replace_directory,
+    restore_interrupted_replacement,
     staging_directory,
 )
 from piwsl.data.references import SelfEnergies, fit_self_energies
@@ -77,6 +78,7 @@ def check_output_path(out_dir: Path, source: Path, overwrite: bool) -> None:
     if src in out.parents:
         raise OutputExistsError(f"--out {out_dir} is inside the source directory {source}; choose a path outside it")
     out_dir = Path(out_dir)
+    restore_interrupted_replacement(out_dir)
     if out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir()):
         return
     if out_dir.exists() or out_dir.is_symlink():
