@@ -3,7 +3,7 @@
 # small PaiNN on GFN2-xTB energies+forces of many molecules, fine-tune it on 25-200 ωB97X/6-31G*
 # ethanol energies (from scratch / fine-tuned / fine-tuned + PIWSL Taylor / trapezoid), test on DFT
 # energies and forces. Every command skips finished runs and resumes killed ones, so rerunning this
-# script continues where a previous session stopped. Then the tables.
+# script continues where a previous session stopped. Then the tables and the learning-curve figure.
 #
 # Usage: bash experiments/finetune_dft.sh [direct|gradient|all|report]
 # The direct-force and the -dE/dr-force models are independent lanes (own pretraining runs, shared
@@ -46,6 +46,7 @@ gradient_lane() {
 }
 report() {
   .venv/bin/python scripts/aggregate.py results/finetune_dft
+  .venv/bin/python scripts/finetune_report.py --results results/finetune_dft
 }
 
 case "$lane" in

@@ -62,6 +62,7 @@ def test_remainders_shrink_as_second_and_third_order_on_the_reference(tmp_path):
         "scripts/taylor_remainder.py",
         "scripts/diagnostics/neighbour_cap.py",
         "scripts/compare_levels.py",
+        "scripts/finetune_report.py",
     ],
 )
 def test_help_explains_the_flags(script):
@@ -165,3 +166,46 @@ def test_compare_levels_measures_the_cheap_level_against_its_relabelled_frames(t
     command = [sys.executable, "scripts/compare_levels.py", "rmd17", "--src", str(ETHANOL)]
     failed = subprocess.run([*command, "--dft", str(tmp_path / "moved.npz")], capture_output=True, text=True, cwd=ROOT)
     assert failed.returncode == 2 and "frame 0 is not frame 3" in failed.stderr.strip().splitlines()[-1]
+
+
+def test_finetune_report_tables_paired_changes_and_draws_curves(tmp_path):
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    # energy RMSE per (method, seed): the fine-tuned baseline is the reference of the paired changes
+    energies = {"ft_baseline": (2.0, 4.0), "ft_trapezoid": (1.0, 3.0), "scratch": (4.0, 8.0)}
+    labels = {"ft_baseline": "Fine-tuned", "ft_trapezoid": "Fine-tuned + PIWSL", "scratch": "From scratch"}
+    for method, per_seed in energies.items():
+        for seed, energy in enumerate(per_seed):
+            for size in (25, 50):
+                result = {
+                    "run": f"eth-painn-{method}-n{size}-s{seed}", "dataset": "eth", "backbone": "painn",
+                    "backbone_label": "PaiNN", "method": method, "method_label": labels[method],
+                    "train_size": size, "seed": seed, "config_hash": "h",
+                    "test": {"energy_rmse": energy * 25 / size, "forces_rmse": 5.0, "num_structures": 3},
+                }  # fmt: skip
+                (results / "runs" / f"{result['run']}.json").write_text(json.dumps(result))
+    # a pretraining run of another data set is not a fine-tuning row; a stale result is skipped
+    pretrain = {"run": "mol-painn-pretrain-n100-s0", "dataset": "mol", "backbone": "painn", "backbone_label": "PaiNN",
+                "method": "pretrain", "method_label": "Pretraining", "train_size": 100, "seed": 0,
+                "config_hash": "h", "test": {"energy_rmse": 9.0, "forces_rmse": 9.0}}  # fmt: skip
+    (results / "runs/mol-painn-pretrain-n100-s0.json").write_text(json.dumps(pretrain))
+    runs = [p.stem for p in (results / "runs").glob("*.json")]
+    hashes = {run: "h" for run in runs} | {"eth-painn-scratch-n50-s1": "new"}
+    (results / "grid.json").write_text(json.dumps({"studies": [{"runs": runs}], "config_hashes": hashes}))
+    level = {"energy_rmse_kcal_mol": 0.7, "forces_rmse_kcal_mol_A": 5.5}
+    (results / "gfn2xtb_vs_wb97x.json").write_text(json.dumps(level))
+    process = run_script("scripts/finetune_report.py", "--results", str(results), "--dataset", "eth")
+    assert "stale result eth-painn-scratch-n50-s1" in process.stderr
+    with (results / "tables/finetune_curves.csv").open() as handle:
+        rows = {(row["method"], row["N_train"]): row for row in csv.DictReader(handle)}
+    assert set(rows) == {(m, n) for m in energies for n in ("25", "50")}
+    trapezoid = rows["ft_trapezoid", "25"]
+    assert float(trapezoid["energy_rmse_mean"]) == pytest.approx(2.0)
+    # paired: seed 0 halves the error (+50 %), seed 1 gains 25 %
+    assert float(trapezoid["energy_rmse_change_pct_mean"]) == pytest.approx(37.5)
+    assert float(trapezoid["forces_rmse_change_pct_mean"]) == pytest.approx(0.0)
+    assert rows["ft_baseline", "25"]["energy_rmse_change_pct_mean"] == ""
+    assert rows["scratch", "50"]["seeds"] == "1" and float(rows["scratch", "50"]["energy_rmse_change_pct_mean"]) == -100
+    table = (results / "tables/finetune_curves.md").read_text()
+    assert "| PaiNN | Fine-tuned + PIWSL | 25 | 2 | 2.00 ± 1.41 |" in table
+    assert (results / "figures/finetune_curves.png").stat().st_size > 10_000
