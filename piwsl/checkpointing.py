@@ -87,6 +87,42 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
+#: Checkpoint entries a run started from the checkpoint reads: weights, their average, normalizers,
+#: per-element reference energies (``weights_digest``).
+WEIGHT_ENTRIES = ("state_dict", "ema", "normalizers", "elementrefs")
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a checkpoint's ``WEIGHT_ENTRIES`` (tensor values, dtypes, shapes, names), not of its file.
+
+    A checkpoint file also stores the run's config, paths and timestamps, so two trainings with the
+    same settings that end in the same weights write different files; their digests are equal.
+    """
+    checkpoint = read_checkpoint(str(path))
+    digest = hashlib.sha256()
+    _feed_digest(digest, {key: checkpoint.get(key) for key in WEIGHT_ENTRIES})
+    return digest.hexdigest()
+
+
+def _feed_digest(digest: Any, value: Any) -> None:
+    """Feed ``value`` (nested dicts, lists, tensors, scalars) to ``digest`` in a canonical order."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor {tensor.dtype} {tuple(value.shape)}:".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)}:".encode())
+        for key in sorted(value, key=str):
+            digest.update(f"{key!s}=".encode())
+            _feed_digest(digest, value[key])
+    elif isinstance(value, list | tuple):
+        digest.update(f"list {len(value)}:".encode())
+        for item in value:
+            _feed_digest(digest, item)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
+
+
 def run_settings(config: dict[str, Any]) -> dict[str, Any]:
     """What a trainer config computes: its sections and seed, as JSON values, without execution-only keys.
 

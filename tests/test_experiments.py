@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import stat
 import sys
@@ -776,12 +777,26 @@ def test_a_fine_tuning_run_waits_for_its_pretraining_and_hashes_the_checkpoint(t
     _, _, source_hash = runner.write_config(source, paths)
     best = paths.checkpoint_dir(runner.run_id(source, source_hash)) / "best_checkpoint.pt"
     best.parent.mkdir(parents=True)
-    best.write_bytes(b"weights 1")
-    runner.write_json_atomic(paths.result_file(source), {"config_hash": source_hash})
+    torch.save({"state_dict": {"w": torch.ones(2)}, "config": {"run": "first"}}, best)
+    source_result = {"config_hash": source_hash, runner.DIGEST_KEY: runner.checkpoint_digest(best)}
+    runner.write_json_atomic(paths.result_file(source), source_result)
     assert runner.run_status(fine, paths) == "todo"
     _, text, first = runner.write_config(fine, paths)
     assert yaml.safe_load(text)["finetune"] == {"weights": "raw", "checkpoint": str(best)}
-    best.write_bytes(b"weights 2")  # the pretraining run trained again (same config, other weights)
+    assert runner.check_pretrained_file(fine, paths) == best
+    # the hash follows the digest the pretraining results record, not the file: a fresh clone has no checkpoints
+    best.unlink()
+    assert runner.write_config(fine, paths)[2] == first
+    assert runner.run_status(fine, paths).startswith("todo (after ethanol-painn-baseline-n16-s0, whose checkpoint")
+    with pytest.raises(runner.PretrainedCheckpointMissing, match="is not on this machine"):
+        runner.check_pretrained_file(fine, paths)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "config": {"run": "again"}}, best)  # same weights, other file
+    assert runner.check_pretrained_file(fine, paths) == best
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "config": {}}, best)
+    with pytest.raises(runner.PretrainedCheckpointMissing, match="holds other weights than the results"):
+        runner.check_pretrained_file(fine, paths)
+    source_result[runner.DIGEST_KEY] = runner.checkpoint_digest(best)  # the pretraining run trained again
+    runner.write_json_atomic(paths.result_file(source), source_result)
     assert runner.write_config(fine, paths)[2] != first, "a retrained pretraining must make its fine-tunes stale"
     grid_file = tmp_path / "grid.yml"
     grid_file.write_text(yaml.safe_dump(finetune_grid(tmp_path)))
@@ -803,8 +818,21 @@ def test_end_to_end_pretraining_then_fine_tuning_through_the_runner(tmp_path):
     fine = json.loads((tmp_path / "results/runs/ethanol-painn-ft-n16-s0.json").read_text())
     assert fine["steps"] == 4 and fine["finetune_from"] == source["run"] and math.isfinite(fine["test"]["energy_rmse"])
     assert fine["pretrained"]["checkpoint"] == source["best_checkpoint"]
+    assert fine["pretrained"][runner.DIGEST_KEY] == source[runner.DIGEST_KEY]
     checkpoint = torch.load(ROOT / fine["best_checkpoint"], weights_only=False)  # absolute outside the repository
     assert checkpoint["config"]["optim"]["finetune"]["checkpoint"] == fine["pretrained"]["checkpoint"]
+    # A fresh clone: results committed, no checkpoints. The finished fine-tuning run stays done; one still
+    # to train makes the runner train its pretraining run again, which on the CPU gives the same weights.
+    shutil.rmtree(tmp_path / "work")
+    fine_file = tmp_path / "results/runs/ethanol-painn-ft-n16-s0.json"
+    assert load_script("scripts/run_experiments.py").main(arguments) == 0
+    assert json.loads(fine_file.read_text()) == fine and not (tmp_path / "work/checkpoints").exists()
+    fine_file.unlink()
+    assert load_script("scripts/run_experiments.py").main(arguments) == 0
+    again = json.loads((tmp_path / "results/runs/ethanol-painn-baseline-n16-s0.json").read_text())
+    assert again[runner.DIGEST_KEY] == source[runner.DIGEST_KEY] and (ROOT / again["best_checkpoint"]).is_file()
+    refined = json.loads(fine_file.read_text())
+    assert refined["config_hash"] == fine["config_hash"] and refined["test"] == fine["test"]
 
 
 def test_a_split_with_a_test_file_is_checked_against_that_files_checksum(tmp_path):

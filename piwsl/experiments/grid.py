@@ -41,8 +41,12 @@ The template may use ``{dataset}``, ``{backbone}``, ``{method}``, ``{train_size}
 ``{tag}`` (the fine-tuning run's own values); the name it gives must be a run of some study of the
 grid (else a one-line error naming the closest run names). The runner trains pretraining runs
 before the runs that fine-tune from them, refuses to start a fine-tuning run whose pretraining
-run is not finished, and puts the pretrained checkpoint's SHA-256 into the run's config hash: a
-retrained pretraining run makes its fine-tuning runs stale.
+run is not finished, and puts the digest of the pretrained checkpoint's weights (recorded in the
+pretraining run's results) into the run's config hash: a pretraining run retrained to other weights
+makes its fine-tuning runs stale. Checkpoints are not committed: where a fine-tuning run is to
+train and its pretraining run's checkpoint is not on the machine (a fresh clone), the runner trains
+that run again first; on the CPU it ends with the same weights, and finished fine-tuning runs stay
+current.
 """
 
 from __future__ import annotations

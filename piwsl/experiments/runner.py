@@ -9,7 +9,10 @@ checkpoint is evaluated with ``piwsl.evaluate`` and ``RESULTS/runs/<run>.json`` 
 A run whose results file holds the current config hash is done and skipped; a run whose resolved
 config and seed equal those of another finished run (e.g. a grid method that aliases another, such as
 a tuned baseline that turned out to be the paper's setting) is not trained again: its results file is
-that run's, with ``reused_from`` naming it.
+that run's, with ``reused_from`` naming it. A fine-tuning run's config hash includes the weights
+digest of its pretrained checkpoint as the pretraining run's results record it, so it is known
+without the (uncommitted) checkpoint; a pretraining run whose checkpoint is missing where a
+fine-tuning run still has to train is trained again first (``retrain_pretraining``).
 
 Prepared splits are immutable: finished runs were trained and tested on them, so a split
 directory that holds other data than a run asks for (another source, checksum, size or
@@ -47,6 +50,7 @@ import yaml
 from fairchem.core.common.utils import load_config
 from tqdm import tqdm
 
+from piwsl.checkpointing import weights_digest
 from piwsl.convergence import CONVERGENCE_KEY, WALL_SECONDS_KEY
 from piwsl.data.formats import FORMATS
 from piwsl.data.lmdb_writer import check_replaceable
@@ -58,6 +62,8 @@ from piwsl.jsonfiles import write_json_atomic
 TRAIN_SCRIPT = ROOT / "main.py"
 PREPARE_SCRIPT = ROOT / "scripts/prepare_data.py"
 STEP_PATTERN = re.compile(r"step: ([0-9.e+]+)")
+#: Key of a results file (and of its ``pretrained`` record) holding the best checkpoint's ``weights_digest``.
+DIGEST_KEY = "best_checkpoint_weights_digest"
 #: How often (s) a running training's log is read for the progress bar.
 POLL_SECONDS = 2.0
 #: How long (s) a training subprocess may take to save its checkpoint and exit after SIGTERM.
@@ -86,6 +92,11 @@ class WaitingForRun(RunFailed):
 
 class PretrainingNotFinished(RunFailed):
     """A fine-tuning run whose pretraining run (``finetune_from``) has no results with its current config."""
+
+
+class PretrainedCheckpointMissing(RunFailed):
+    """A fine-tuning run to train whose finished pretraining run's best checkpoint is not on this machine
+    (results committed elsewhere) or holds other weights than its results record."""
 
 
 @dataclass(frozen=True)
@@ -371,10 +382,14 @@ def render_config(run: RunSpec, paths: Paths) -> str:
 
 
 def pretrained_checkpoint(run: RunSpec, paths: Paths) -> tuple[Path, str]:
-    """The best checkpoint of the run ``run`` fine-tunes from, and its SHA-256.
+    """The best checkpoint of the run ``run`` fine-tunes from and the digest of its weights
+    (``piwsl.checkpointing.weights_digest``) that the pretraining run's results record.
 
-    Raises ``PretrainingNotFinished`` unless that run has results with its current config hash
-    and its ``best_checkpoint.pt`` exists.
+    The digest comes from the results, so a fine-tuning run's config hash, and whether it is done,
+    are known without the checkpoint file (results committed, checkpoints not: a fresh clone has
+    none); ``check_pretrained_file`` checks the file before a fine-tuning run trains. Raises
+    ``PretrainingNotFinished`` unless that run has results with its current config hash and either
+    they record the digest or its ``best_checkpoint.pt`` exists here (results of an older runner).
     """
     source = run.pretrained
     if source is None:
@@ -387,12 +402,41 @@ def pretrained_checkpoint(run: RunSpec, paths: Paths) -> tuple[Path, str]:
         ) from None
     result = read_result(paths.result_file(source))
     checkpoint = paths.checkpoint_dir(run_id(source, source_hash)) / "best_checkpoint.pt"
-    if result is None or result.get("config_hash") != source_hash or not checkpoint.is_file():
+    recorded = None if result is None else result.get(DIGEST_KEY)
+    if result is None or result.get("config_hash") != source_hash or (recorded is None and not checkpoint.is_file()):
         raise PretrainingNotFinished(
             f"{run.name}: fine-tunes from {source.name}, which is not finished (no results with its current "
             f"config hash {source_hash}); train it first (the runner runs it first when both are selected)"
         )
-    return checkpoint, source_checksum(checkpoint)
+    return checkpoint, recorded or checkpoint_digest(checkpoint)
+
+
+def checkpoint_digest(path: Path) -> str:
+    """``weights_digest`` of a checkpoint file, cached per file version (size, modification time)."""
+    stat = path.stat()
+    return _weights_digest(path.resolve(), (stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _weights_digest(path: Path, version: tuple) -> str:
+    return weights_digest(path)
+
+
+def check_pretrained_file(run: RunSpec, paths: Paths) -> Path:
+    """The pretrained checkpoint a fine-tuning run is about to train from, checked against the digest its
+    pretraining run's results record; ``PretrainedCheckpointMissing`` if it is not here or differs."""
+    checkpoint, recorded = pretrained_checkpoint(run, paths)
+    if not checkpoint.is_file():
+        raise PretrainedCheckpointMissing(
+            f"{run.name}: the best checkpoint of its pretraining run {run.pretrained.name} is not on this machine "
+            f"({relative(checkpoint)}; its results came from elsewhere): train that run again first"
+        )
+    if checkpoint_digest(checkpoint) != recorded:
+        raise PretrainedCheckpointMissing(
+            f"{run.name}: {relative(checkpoint)} holds other weights than the results of {run.pretrained.name} "
+            f"record (digest {recorded[:12]}); train that run again first"
+        )
+    return checkpoint
 
 
 def config_hash(run: RunSpec, paths: Paths, text: str | None = None) -> str:
@@ -411,12 +455,12 @@ def resolved_config(text: str) -> dict:
     return resolved
 
 
-def hash_config(text: str, seed: int, pretrained_sha256: str | None = None) -> str:
+def hash_config(text: str, seed: int, pretrained_digest: str | None = None) -> str:
     """The hash identifying a run's results and checkpoints: of its resolved config, its seed and the
-    SHA-256 of the checkpoint it is fine-tuned from (if any)."""
+    weights digest of the checkpoint it is fine-tuned from (if any)."""
     content = {"config": resolved_config(text), "seed": seed}
-    if pretrained_sha256 is not None:
-        content["pretrained_sha256"] = pretrained_sha256
+    if pretrained_digest is not None:
+        content["pretrained_weights_digest"] = pretrained_digest
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -476,7 +520,14 @@ def run_status(run: RunSpec, paths: Paths) -> str:
     twin = identical_finished_run(run, paths, current)
     if twin is not None:
         return f"todo (same config as {twin['run']}: its results are copied, nothing is trained)"
+    if pretrained_file_missing(run, paths):
+        return f"todo (after {run.pretrained.name}, whose checkpoint is not here, is trained again)"
     return "todo"
+
+
+def pretrained_file_missing(run: RunSpec, paths: Paths) -> bool:
+    """Whether ``run`` fine-tunes from a finished pretraining run whose best checkpoint is not here."""
+    return run.pretrained is not None and not pretrained_checkpoint(run, paths)[0].is_file()
 
 
 # ---------------------------------------------------------------------------------------------- execution
@@ -629,11 +680,11 @@ def _git_commit() -> str | None:
 
 
 def _pretrained_record(run: RunSpec, paths: Paths) -> dict | None:
-    """The run a fine-tuning run started from: its name, best checkpoint and that file's SHA-256."""
+    """The run a fine-tuning run started from: its name, best checkpoint and that checkpoint's weights digest."""
     if run.pretrained is None:
         return None
-    checkpoint, sha256 = pretrained_checkpoint(run, paths)
-    return {"run": run.pretrained.name, "checkpoint": relative(checkpoint), "sha256": sha256}
+    checkpoint, digest = pretrained_checkpoint(run, paths)
+    return {"run": run.pretrained.name, "checkpoint": relative(checkpoint), DIGEST_KEY: digest}
 
 
 def evaluation_splits(data: Path, options: Options) -> list[str]:
@@ -673,12 +724,15 @@ def execute_run(
     options: Options,
     on_start: Callable[[subprocess.Popen], None] | None = None,
     forward_signals: bool = True,
+    retrain: bool = False,
 ) -> dict:
     """Prepare, train (or resume), evaluate and record one run under its lock; return its results.
 
     Any error of the run is written to its ``.failed.json`` and raised as ``RunFailed`` (the
     original chained), except ``RunLocked``: another runner is busy with the run, nothing failed.
-    ``on_start`` gets the training subprocess; ``forward_signals``: see ``_train``.
+    ``on_start`` gets the training subprocess; ``forward_signals``: see ``_train``. ``retrain``
+    trains a finished run again (a pretraining run whose checkpoint is not on this machine) instead
+    of returning its results.
     """
     import torch
 
@@ -691,13 +745,16 @@ def execute_run(
         with run_lock(run, checkpoint_dir) as lock_descriptor:
             finished = read_result(paths.result_file(run))
             if finished is not None and finished.get("config_hash") == config_hash:
-                return finished  # another runner finished it meanwhile
-            twin = identical_finished_run(run, paths, config_hash)
+                if not retrain or (checkpoint_dir / "best_checkpoint.pt").is_file():
+                    return finished  # another runner finished it meanwhile
+            twin = None if retrain else identical_finished_run(run, paths, config_hash)
             if twin is not None:
                 result = twin | run.describe() | {"reused_from": twin["run"]}
                 write_json_atomic(paths.result_file(run), result)
                 paths.failure_file(run).unlink(missing_ok=True)
                 return result
+            if run.pretrained is not None:
+                check_pretrained_file(run, paths)
             data = prepare_split(run, paths)
             command = train_command(run, paths, config_file, identifier, options.use_cpu())
             attempts = _train(
@@ -739,6 +796,7 @@ def execute_run(
                 "split_by": metadata.get("split_by", "conformation"),
                 "test_splits": splits,
                 "best_checkpoint": relative(best),
+                DIGEST_KEY: checkpoint_digest(best),
                 "val_metrics": {key: value["metric"] for key, value in (best_state.get("val_metrics") or {}).items()},
                 "pretrained": _pretrained_record(run, paths),
                 **errors,
@@ -789,6 +847,8 @@ def run_locally(runs: Iterable[RunSpec], paths: Paths, options: Options) -> list
             tqdm.write(f"FAILED {failures[-1]}")
             continue
         try:
+            if pretrained_file_missing(run, paths):
+                retrain_pretraining(run, paths, options)
             result = execute_run(run, paths, options)
         except RunFailed as failure:
             failures.append(str(failure))
@@ -801,6 +861,27 @@ def run_locally(runs: Iterable[RunSpec], paths: Paths, options: Options) -> list
             f"{result['steps']} steps, {result['train_wall_s']:.0f} s"
         )
     return failures
+
+
+def retrain_pretraining(run: RunSpec, paths: Paths, options: Options) -> None:
+    """Train the finished pretraining run of ``run`` again because its best checkpoint is not here.
+
+    Training is deterministic on the CPU: the same settings give the same weights digest, and
+    fine-tuning runs finished from the original checkpoint stay current; other weights (another
+    machine or device) make them stale, and they are trained again when selected.
+    """
+    source = run.pretrained
+    recorded = pretrained_checkpoint(run, paths)[1]
+    tqdm.write(
+        f"{source.name}: trained again: {run.name} fine-tunes from its best checkpoint, which is not on this "
+        "machine (its results came from elsewhere)"
+    )
+    result = execute_run(source, paths, options, retrain=True)
+    same = result.get(DIGEST_KEY) == recorded
+    tqdm.write(
+        f"{source.name}: "
+        + ("the same weights as recorded" if same else "other weights than recorded: its fine-tuning runs are stale")
+    )
 
 
 def _waiting(run: RunSpec, paths: Paths) -> PretrainingNotFinished:
@@ -840,18 +921,18 @@ class SlurmRun:
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
 
-    def __call__(self, run: RunSpec, paths: Paths, options: Options) -> dict:
-        return execute_run(run, paths, options, on_start=self._remember, forward_signals=False)
+    def __call__(self, run: RunSpec, paths: Paths, options: Options, retrain: bool = False) -> dict:
+        return execute_run(run, paths, options, on_start=self._remember, forward_signals=False, retrain=retrain)
 
     def _remember(self, process: subprocess.Popen) -> None:
         self.process = process
 
-    def checkpoint(self, run: RunSpec, paths: Paths, options: Options):
+    def checkpoint(self, run: RunSpec, paths: Paths, options: Options, retrain: bool = False):
         from submitit.helpers import DelayedSubmission
 
         if self.process is not None:
             stop_training(self.process)
-        return DelayedSubmission(SlurmRun(), run, paths, options)
+        return DelayedSubmission(SlurmRun(), run, paths, options, retrain)
 
 
 def submit_slurm(runs: list[RunSpec], paths: Paths, options: Options, slurm: SlurmOptions, name: str) -> list[str]:
@@ -860,13 +941,25 @@ def submit_slurm(runs: list[RunSpec], paths: Paths, options: Options, slurm: Slu
 
     statuses = {run.name: run_status(run, paths) for run in runs}
     waiting = [name for name, status in statuses.items() if status.startswith("waiting")]
+    # fine-tuning runs whose finished pretraining run's checkpoint is not here: that run is trained again
+    retrain = {
+        run.pretrained.name: run.pretrained
+        for run in runs
+        if statuses[run.name] != "done" and run.name not in waiting and pretrained_file_missing(run, paths)
+    }
+    waiting += [
+        run.name
+        for run in runs
+        if statuses[run.name] != "done" and run.pretrained is not None and run.pretrained.name in retrain
+    ]
     if waiting:  # array tasks run side by side: these go in a later submission
         print(
             "not submitted, their pretraining or wall-clock source runs are not done (submit again then): "
-            + ", ".join(waiting),
+            + ", ".join(dict.fromkeys(waiting)),
             file=sys.stderr,
         )
     pending = [run for run in runs if statuses[run.name] != "done" and run.name not in waiting]
+    pending += [source for source in retrain.values() if source not in pending]
     for run in tqdm(pending, desc="prepare splits", disable=not options.progress):
         prepare_split(run, paths)
     if not pending:
@@ -887,7 +980,8 @@ def submit_slurm(runs: list[RunSpec], paths: Paths, options: Options, slurm: Slu
     )
     quiet = Options(options.device, options.eval_split, options.eval_batch_size, progress=False)
     count = len(pending)
-    jobs = executor.map_array(SlurmRun(), pending, [paths] * count, [quiet] * count)
+    flags = [run.name in retrain for run in pending]
+    jobs = executor.map_array(SlurmRun(), pending, [paths] * count, [quiet] * count, flags)
     return [job.job_id for job in jobs]
 
 
