@@ -11,7 +11,9 @@
 # thread each); `all` (the default) runs both lanes one after the other, then the report.
 # Within a lane: seed 0 first (pretraining, then every method and N_train), then seeds 1 and 2, so
 # that a complete first table exists early; for -dE/dr forces the trapezoid form (a check that it
-# equals the fine-tuned baseline, see the grid's comments) comes last.
+# equals the fine-tuned baseline, see the grid's comments) comes last within a seed. A seed's
+# fine-tuning runs are best finished in the session that pretrained it: checkpoints are not
+# committed, and a later session on a fresh clone trains the pretraining run again first.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export OMP_NUM_THREADS=1
@@ -41,8 +43,8 @@ gradient_lane() {
     run --study pretrain_grad --study finetune_grad --only "*-painn_grad-pretrain-*-s$seed" \
         --only "*-painn_grad-scratch-*-s$seed" --only "*-painn_grad-ft_baseline-*-s$seed" \
         --only "*-painn_grad-ft_taylor-*-s$seed"
+    run --study finetune_grad --only "*-painn_grad-ft_trapezoid-*-s$seed"
   done
-  run --study finetune_grad --only '*-painn_grad-ft_trapezoid-*'
 }
 report() {
   .venv/bin/python scripts/aggregate.py results/finetune_dft
