@@ -11,7 +11,7 @@ test frames (RESULTS/gfn2xtb_vs_wb97x.json, written by scripts/compare_levels.py
   each against the reference method of the same seed (``100 * (1 - RMSE / RMSE_reference)``,
   positive: better than the reference);
 - RESULTS/figures/finetune_curves.png: energy (left) and force RMSE (right) against N_train (log
-  axes), one row per backbone, one line per method (mean, error bars: std over seeds), the cheap
+  axis), one row per backbone, one line per method (mean, error bars: std over seeds), the cheap
   level's error as a dashed line (the error of a model that had learnt the pretraining level exactly,
   after removing the constant energy offset between the levels).
 
@@ -123,18 +123,21 @@ def write_table(rows: list[dict], reference_label: str, out: Path) -> str:
 
 def plot_curves(rows: list[dict], level: dict | None, path: Path) -> Path:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     backbones = list(dict.fromkeys(row["backbone"] for row in rows))
+    methods = list(dict.fromkeys(row["method"] for row in rows))  # one colour per method in every panel
+    colours = {method: f"C{index % 10}" for index, method in enumerate(methods)}
+    sizes = sorted({row["N_train"] for row in rows})
     figure, axes = plt.subplots(len(backbones), 2, figsize=(10, 3.6 * len(backbones)), squeeze=False)
     level_values = {}
     if level is not None:
         level_values = {"energy_rmse": level["energy_rmse_kcal_mol"], "forces_rmse": level["forces_rmse_kcal_mol_A"]}
     for axes_row, backbone in zip(axes, backbones, strict=True):
         backbone_rows = [row for row in rows if row["backbone"] == backbone]
-        methods = list(dict.fromkeys(row["method"] for row in backbone_rows))
         for axis, (quantity, label) in zip(axes_row, QUANTITIES.items(), strict=True):
             for method in methods:
                 points = [row for row in backbone_rows if row["method"] == method and row[quantity] is not None]
@@ -142,11 +145,17 @@ def plot_curves(rows: list[dict], level: dict | None, path: Path) -> Path:
                     axis.errorbar(
                         [p["N_train"] for p in points], [p[quantity].mean for p in points],
                         yerr=[p[quantity].std for p in points], marker="o", capsize=3, label=points[0]["method_label"],
+                        color=colours[method],
                     )  # fmt: skip
             if quantity in level_values:
-                axis.axhline(level_values[quantity], color="k", linestyle="--", linewidth=1, label="cheap level itself")
+                axis.axhline(
+                    level_values[quantity], color="k", linestyle="--", linewidth=1,
+                    label="cheap level itself (constant offset removed)",
+                )  # fmt: skip
             axis.set_xscale("log")
-            axis.set_yscale("log")
+            axis.set_xticks(sizes, [str(size) for size in sizes])
+            axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            axis.set_ylim(bottom=0)
             axis.set_xlabel("N_train (expensive energies)")
             axis.set_ylabel(label)
             axis.set_title(backbone_rows[0]["backbone_label"], fontsize=9)
