@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fine-tuning study of results/finetune_dft (grid experiments/grids/finetune_dft.yml): pretrain a
 # small PaiNN on GFN2-xTB energies+forces of many molecules, fine-tune it on 25-200 ωB97X/6-31G*
-# ethanol energies (from scratch / fine-tuned / fine-tuned + PIWSL Taylor / trapezoid), test on DFT
+# ethanol energies (pretrained only / from scratch / fine-tuned / fine-tuned + PIWSL Taylor / trapezoid), test on DFT
 # energies and forces. Every command skips finished runs and resumes killed ones, so rerunning this
 # script continues where a previous session stopped. Then the tables and the learning-curve figure.
 #
@@ -41,7 +41,8 @@ direct_lane() {
 gradient_lane() {
   for seed in 0 1 2; do
     run --study pretrain_grad --study finetune_grad --only "*-painn_grad-pretrain-*-s$seed" \
-        --only "*-painn_grad-scratch-*-s$seed" --only "*-painn_grad-ft_baseline-*-s$seed" \
+        --only "*-painn_grad-pretrained_only-*-s$seed" --only "*-painn_grad-scratch-*-s$seed" \
+        --only "*-painn_grad-ft_baseline-*-s$seed" \
         --only "*-painn_grad-ft_taylor-*-s$seed"
     run --study finetune_grad --only "*-painn_grad-ft_trapezoid-*-s$seed"
   done
