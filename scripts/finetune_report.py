@@ -10,6 +10,8 @@ test frames (RESULTS/gfn2xtb_vs_wb97x.json, written by scripts/compare_levels.py
   seeds of the test energy RMSE (kcal/mol) and force RMSE (kcal/mol/Å), and the paired change of
   each against the reference method of the same seed (``100 * (1 - RMSE / RMSE_reference)``,
   positive: better than the reference);
+- RESULTS/tables/finetune_compact.md: per backbone, methods x N_train with ``E / F`` means in each
+  cell (the layout of the README);
 - RESULTS/figures/finetune_curves.png: energy (left) and force RMSE (right) against N_train (log
   axis), one row per backbone, one line per method (mean, error bars: std over seeds), the cheap
   level's error as a dashed line (the error of a model that had learnt the pretraining level exactly,
@@ -66,14 +68,21 @@ def paired_changes(runs: list[dict], references: dict[tuple, dict], quantity: st
     return changes
 
 
-def curve_rows(results: list[dict], reference_method: str) -> list[dict]:
-    """One row per backbone, method and N_train with mean ± std over seeds and paired changes."""
+def curve_rows(results: list[dict], reference_method: str, method_order: list[str] = ()) -> list[dict]:
+    """One row per backbone, method and N_train with mean ± std over seeds and paired changes; methods
+    in ``method_order`` (the grid's order) first, the others after them by name."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for result in results:
         groups[(result["backbone"], result["method"], result["train_size"])].append(result)
     references = {(r["backbone"], r["train_size"], r["seed"]): r for r in results if r["method"] == reference_method}
     rows = []
-    for (backbone, method, size), runs in sorted(groups.items()):
+
+    def order(key: tuple) -> tuple:
+        backbone, method, size = key
+        rank = method_order.index(method) if method in method_order else len(method_order)
+        return backbone, rank, method, size
+
+    for (backbone, method, size), runs in sorted(groups.items(), key=lambda item: order(item[0])):
         row = {
             "backbone": backbone,
             "backbone_label": runs[0]["backbone_label"],
@@ -118,6 +127,40 @@ def write_table(rows: list[dict], reference_label: str, out: Path) -> str:
     )
     text = "\n".join(lines) + f"\n\n{note}\n"
     out.with_suffix(".md").write_text(text)
+    return text
+
+
+def write_compact_table(rows: list[dict], level: dict | None, out: Path) -> str:
+    """Per backbone: methods x N_train, each cell ``E / F`` (means over seeds; seeds counted where fewer)."""
+    sizes = sorted({row["N_train"] for row in rows})
+    most_seeds = max(row["seeds"] for row in rows)
+    lines = []
+    for backbone in dict.fromkeys(row["backbone"] for row in rows):
+        backbone_rows = [row for row in rows if row["backbone"] == backbone]
+        lines += [f"**{backbone_rows[0]['backbone_label']}**: test RMSE E (kcal/mol) / F (kcal/mol/Å)", ""]
+        lines += ["| method | " + " | ".join(f"N_train {size}" for size in sizes) + " |"]
+        lines += ["|---|" + ":---:|" * len(sizes)]
+        for method in dict.fromkeys(row["method"] for row in backbone_rows):
+            cells = {row["N_train"]: row for row in backbone_rows if row["method"] == method}
+            texts = []
+            for size in sizes:
+                row = cells.get(size)
+                if row is None:
+                    texts.append("—")
+                    continue
+                forces = "—" if row["forces_rmse"] is None else f"{row['forces_rmse'].mean:.2f}"
+                count = "" if row["seeds"] == most_seeds else f" (n={row['seeds']})"
+                texts.append(f"{row['energy_rmse'].mean:.2f} / {forces}{count}")
+            label = next(iter(cells.values()))["method_label"]
+            lines.append(f"| {label} | " + " | ".join(texts) + " |")
+        lines.append("")
+    if level is not None:
+        lines.append(
+            f"The cheap level itself on the same test frames: {level['energy_rmse_kcal_mol']:.2f} / "
+            f"{level['forces_rmse_kcal_mol_A']:.2f} (energy after removing the constant offset)."
+        )
+    text = "\n".join(lines).rstrip() + "\n"
+    out.write_text(text)
     return text
 
 
@@ -182,12 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     level_file = args.level_comparison or args.results / "gfn2xtb_vs_wb97x.json"
     level = json.loads(level_file.read_text()) if str(level_file) != "none" and level_file.is_file() else None
-    rows = curve_rows(results, args.reference_method)
+    method_order = [] if grid is None else [m for study in grid["studies"] for m in study.get("methods", [])]
+    rows = curve_rows(results, args.reference_method, list(dict.fromkeys(method_order)))
     labels = [r["method_label"] for r in results if r["method"] == args.reference_method]
     text = write_table(rows, labels[0] if labels else args.reference_method, args.results / "tables/finetune_curves")
+    compact = write_compact_table(rows, level, args.results / "tables/finetune_compact.md")
     figure = plot_curves(rows, level, args.results / "figures/finetune_curves.png")
     print(text)
-    print(f"wrote {args.results / 'tables/finetune_curves.md'} (and .csv), {figure}")
+    print(compact)
+    tables = args.results / "tables"
+    print(f"wrote {tables / 'finetune_curves.md'} (and .csv), {tables / 'finetune_compact.md'}, {figure}")
     return 0
 
 

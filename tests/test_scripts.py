@@ -191,7 +191,8 @@ def test_finetune_report_tables_paired_changes_and_draws_curves(tmp_path):
     (results / "runs/mol-painn-pretrain-n100-s0.json").write_text(json.dumps(pretrain))
     runs = [p.stem for p in (results / "runs").glob("*.json")]
     hashes = {run: "h" for run in runs} | {"eth-painn-scratch-n50-s1": "new"}
-    (results / "grid.json").write_text(json.dumps({"studies": [{"runs": runs}], "config_hashes": hashes}))
+    study = {"runs": runs, "methods": ["scratch", "ft_baseline", "ft_trapezoid"]}  # the order of the tables
+    (results / "grid.json").write_text(json.dumps({"studies": [study], "config_hashes": hashes}))
     level = {"energy_rmse_kcal_mol": 0.7, "forces_rmse_kcal_mol_A": 5.5}
     (results / "gfn2xtb_vs_wb97x.json").write_text(json.dumps(level))
     process = run_script("scripts/finetune_report.py", "--results", str(results), "--dataset", "eth")
@@ -209,3 +210,10 @@ def test_finetune_report_tables_paired_changes_and_draws_curves(tmp_path):
     table = (results / "tables/finetune_curves.md").read_text()
     assert "| PaiNN | Fine-tuned + PIWSL | 25 | 2 | 2.00 ± 1.41 |" in table
     assert (results / "figures/finetune_curves.png").stat().st_size > 10_000
+    compact = (results / "tables/finetune_compact.md").read_text().splitlines()
+    assert compact[4:7] == [
+        "| From scratch | 6.00 / 5.00 | 2.00 / 5.00 (n=1) |",
+        "| Fine-tuned | 3.00 / 5.00 | 1.50 / 5.00 |",
+        "| Fine-tuned + PIWSL | 2.00 / 5.00 | 1.00 / 5.00 |",
+    ]
+    assert "The cheap level itself on the same test frames: 0.70 / 5.50" in compact[-1]
