@@ -185,16 +185,21 @@ def split_request(run: RunSpec) -> dict[str, Any]:
 def source_checksum(path: Path) -> str | None:
     """SHA-256 of a source file or directory as metadata.json records it (None if missing), cached per version."""
     path = Path(path).resolve()
-    if not path.exists():
-        return None
+    return cached_per_version(file_checksum, path) if path.exists() else None
+
+
+def cached_per_version(digest: Callable[[Path], str], path: Path) -> str:
+    """``digest(path)`` of a file or directory, computed once per version of it (its files' sizes and
+    modification times): a grid's status asks for the same digests once per run."""
+    path = path.resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     version = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    return _checksum(path, version)
+    return _cached_digest(digest, path, version)
 
 
-@functools.lru_cache(maxsize=64)
-def _checksum(path: Path, version: tuple) -> str:
-    return file_checksum(path)
+@functools.lru_cache(maxsize=128)
+def _cached_digest(digest: Callable[[Path], str], path: Path, version: tuple) -> str:
+    return digest(path)
 
 
 def split_mismatches(directory: Path, run: RunSpec) -> list[str]:
@@ -413,13 +418,7 @@ def pretrained_checkpoint(run: RunSpec, paths: Paths) -> tuple[Path, str]:
 
 def checkpoint_digest(path: Path) -> str:
     """``weights_digest`` of a checkpoint file, cached per file version (size, modification time)."""
-    stat = path.stat()
-    return _weights_digest(path.resolve(), (stat.st_size, stat.st_mtime_ns))
-
-
-@functools.lru_cache(maxsize=64)
-def _weights_digest(path: Path, version: tuple) -> str:
-    return weights_digest(path)
+    return cached_per_version(weights_digest, path)
 
 
 def check_pretrained_file(run: RunSpec, paths: Paths) -> Path:
