@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper-regime study (grid experiments/grids/paper_regime.yml, results in results/paper_regime),
 # in priority order: each command skips finished runs and resumes killed ones, so rerunning this
-# script continues where a previous session stopped. Then the tables and figures.
+# script continues where a previous session stopped. Then the tables and figures (`report`: aggregate.py
+# draws the validation curves from the results, so runs of earlier sessions are drawn too).
 #
 # Usage: bash experiments/paper_regime.sh [painn|painn_grad|all|report]
 # Two lanes, one per backbone, for two cores (one thread each; run `... painn` and `... painn_grad`
@@ -64,14 +65,6 @@ painn_grad_lane() {
 report() {
   .venv/bin/python scripts/aggregate.py "$results"
   .venv/bin/python scripts/select_tuned_baseline.py "$results"
-  # Learning curves (validation and training terms) of the seed-0 runs at N 1000: has training converged?
-  mkdir -p "$results/figures"
-  for run_dir in "$work"/checkpoints/molecules-*-n1000-s0-*; do
-    [ -d "$run_dir" ] || continue
-    name=$(basename "$run_dir")
-    .venv/bin/python scripts/plot_learning_curves.py "$work/logs/tensorboard/$name" \
-      --out "$results/figures/curves__${name%-*}.png" || true
-  done
 }
 
 case "$lane" in

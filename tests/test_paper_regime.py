@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,12 @@ def test_a_molecule_split_run_is_tested_on_both_test_splits_and_records_how_it_s
     convergence = result["convergence"]
     assert convergence["stopped_by"] == "early_stopping" and result["steps"] == 4  # validations at 2 and 4
     assert convergence["training_s"] > 0 and "energy_force_nmae" in result["val_metrics"]
+    curve = result["val_curve"]  # the learning curve outlives the work directory
+    assert curve["energy_force_nmae"]["step"] == [2, 4] and len(curve["forces_mae"]["value"]) == 2
+    assert curve["energy_force_nmae"]["value"][0] == pytest.approx(convergence["best"])
+    shutil.rmtree(tmp_path / "work")
     text = agg.aggregate(tmp_path / "results", tmp_path / "out")
+    assert (tmp_path / "out/figures/val_curves__main__molecules__painn.png").stat().st_size > 10_000
     assert "test (unseen molecules)" in text and "test_conformations (unseen conformations of training" in text
     assert (tmp_path / "out/tables/main__molecules__test_conformations.md").is_file()
 

@@ -401,6 +401,64 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
     return True
 
 
+def plot_validation_curves(study: dict, dataset: str, backbone: str, results: list[dict], path: Path) -> bool:
+    """Validation energy and force MAE vs training step of the study's lowest-seed runs, one column per
+    N_train, one line per method, the best checkpoint marked: has training converged? False if no
+    result of the data set and backbone records a ``val_curve``."""
+    from piwsl.experiments.diagnostics import pyplot
+
+    tag = study.get("tag")
+    mine = [
+        r
+        for r in study_results(study, results)
+        if (r["dataset"], r["backbone"], r.get("tag")) == (dataset, backbone, tag)
+    ]
+    mine = [r for r in mine if r.get("val_curve")]
+    if not mine:
+        return False
+    seed = min(r["seed"] for r in mine)
+    runs = {(r["method"], r["train_size"]): r for r in mine if r["seed"] == seed}
+    sizes = [n for n in study["train_sizes"] if any(size == n for _, size in runs)]
+    terms = [t for t in ("energy_mae", "forces_mae") if any(t in r["val_curve"] for r in runs.values())]
+    if not terms:
+        return False
+    backbone_label, method_label, _, dataset_label = _labels(study, mine)
+    plt = pyplot()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = plt.subplots(
+        len(terms), len(sizes), figsize=(4.6 * len(sizes), 3.3 * len(terms)), squeeze=False, sharex="col"
+    )
+    names = {"energy_mae": "validation energy MAE (kcal/mol)", "forces_mae": "validation force MAE (kcal/mol/Å)"}
+    for column, size in enumerate(sizes):
+        for row, term in enumerate(terms):
+            axis = axes[row, column]
+            for k, method in enumerate(study["methods"]):
+                run = runs.get((method, size))
+                curve = None if run is None else run["val_curve"].get(term)
+                if curve is None:
+                    continue
+                colour = colours[k % len(colours)]
+                axis.plot(curve["step"], curve["value"], color=colour, label=method_label.get(method, method))
+                best = (run.get("convergence") or {}).get("best_step")
+                if best in curve["step"]:
+                    axis.plot(best, curve["value"][curve["step"].index(best)], "o", color=colour, markersize=5)
+            axis.set_yscale("log")
+            axis.set(ylabel=names[term], title=f"N_train = {size}")
+            axis.grid(alpha=0.3, which="both")
+        axes[-1, column].set_xlabel("training step")
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    figure.suptitle(
+        f"{dataset_label.get(dataset, dataset)}, {backbone_label.get(backbone, backbone)}, seed {seed}: "
+        "validation curves (dot: best checkpoint)",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
 def summary_rows(results: list[dict]) -> list[dict]:
     """Long format: one row per (dataset, backbone, method, N_train, tag, test split) with numeric means and stds."""
     rows = []
@@ -456,6 +514,10 @@ def aggregate(results_dir: Path, out_dir: Path, digits: int = 2) -> str:
                 sections.append(table.to_markdown())
             if plot_gains(study, dataset, results, figures_dir / f"gain_{stem}.png"):
                 sections.append(f"![relative gains]({Path('..') / 'figures' / f'gain_{stem}.png'})\n")
+            for backbone in study["backbones"]:
+                figure = f"val_curves__{stem}__{backbone}.png"
+                if plot_validation_curves(study, dataset, backbone, results, figures_dir / figure):
+                    sections.append(f"![validation curves]({Path('..') / 'figures' / figure})\n")
         table = runtime_table(study, results)
         (tables_dir / f"{study['name']}__runtime.md").write_text(table.to_markdown())
         table.write_csv(tables_dir / f"{study['name']}__runtime.csv")

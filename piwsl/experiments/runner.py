@@ -133,6 +133,10 @@ class Paths:
     def checkpoint_dir(self, run_id: str) -> Path:
         return self.work_dir / "checkpoints" / run_id
 
+    def tensorboard_dir(self, run_id: str) -> Path:
+        """Where main.py's tensorboard logger writes the run's scalars (``--run-dir`` is the work dir)."""
+        return self.work_dir / "logs" / "tensorboard" / run_id
+
 
 @dataclass(frozen=True)
 class Options:
@@ -797,6 +801,7 @@ def execute_run(
                 "best_checkpoint": relative(best),
                 DIGEST_KEY: checkpoint_digest(best),
                 "val_metrics": {key: value["metric"] for key, value in (best_state.get("val_metrics") or {}).items()},
+                "val_curve": validation_curve(paths.tensorboard_dir(identifier)),
                 "pretrained": _pretrained_record(run, paths),
                 **errors,
                 "host": socket.gethostname(),
@@ -814,6 +819,24 @@ def execute_run(
         raise failure from error
     paths.failure_file(run).unlink(missing_ok=True)
     return result
+
+
+def validation_curve(logs_dir: Path) -> dict[str, dict[str, list[float]]] | None:
+    """Every validation term a run logged, ``{term: {"step": [...], "value": [...]}}`` (one value per
+    step: the last logged, as after a resumed attempt), or None without tensorboard logs. Results keep
+    it so that learning curves survive the work directory (checkpoints and logs are not committed)."""
+    from piwsl.plots import read_scalars
+
+    if not any(logs_dir.glob("events.out.tfevents.*")):
+        return None
+    curve = {}
+    for term, splits in sorted(read_scalars(logs_dir).items()):
+        if "val" not in splits:
+            continue
+        by_step = dict(zip(splits["val"][0].tolist(), splits["val"][1].tolist(), strict=True))
+        steps = sorted(by_step)
+        curve[term] = {"step": [int(step) for step in steps], "value": [float(by_step[step]) for step in steps]}
+    return curve or None
 
 
 def run_locally(runs: Iterable[RunSpec], paths: Paths, options: Options) -> list[str]:
