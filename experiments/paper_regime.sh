@@ -10,10 +10,11 @@
 # 1. painn lane: the tuning sweep (direct-force PaiNN, N 1000 then 100, seed 0), then the choice
 #    of the tuned baseline (scripts/select_tuned_baseline.py). If the grid's `baseline_tuned` is not
 #    the chosen setting the lane stops (exit 3) with the line to write into the grid: edit it and
-#    rerun. Then the main comparison at N 1000 seed 0, energy-only at N 1000 seed 0, N 100 seed 0,
-#    seeds 1-2, and the remaining energy-only runs.
-# 2. painn_grad lane: the -dE/dr model's baseline and PIWSL runs (N 1000 then 100, seed by seed)
-#    and its energy-only runs after seed 0; it needs no tuned setting.
+#    rerun. Then every method at N 1000 and N 100, seed 0; the 3-seed comparison's seeds 1-2
+#    (baseline, tuned baseline, trapezoid); then energy-only runs the other lane has not taken.
+# 2. painn_grad lane: the -dE/dr model's baseline and trapezoid at N 1000, its three methods at
+#    N 100, its energy-only runs, the direct model's energy-only runs, and last its Taylor run at
+#    N 1000; it needs no tuned setting.
 # Each equal-wall-clock run (baseline_wall) runs after the trapezoid run it takes its time from.
 # For a trial on a copy of the grid (e.g. with max_steps 5), set PAPER_REGIME_GRID to the copy and
 # PAPER_REGIME_OUT to a directory that gets its results/, work/ and data/.
@@ -30,7 +31,7 @@ if [ -n "${PAPER_REGIME_OUT:-}" ]; then
 fi
 lane=${1:-all}
 run() { .venv/bin/python scripts/run_experiments.py --grid "$grid" --no-progress "${directories[@]}" "$@"; }
-main() { run --study main --study main_vs_tuned "$@"; }
+main() { run --study main --study main_vs_tuned --study all_methods --study all_methods_vs_tuned "$@"; }
 tuned_is_set() {
   .venv/bin/python scripts/select_tuned_baseline.py "$results" --grid "$grid"
   local status=$?
@@ -47,20 +48,19 @@ painn_lane() {
   run --study sweep --only '*-n100-s0'
   tuned_is_set
   main_block painn 1000 0
-  run --study energy_only --only '*-n1000-s0'
   main_block painn 100 0
-  run --study energy_only --only '*-n100-s0'
   for seed in 1 2; do main_block painn 1000 "$seed"; done
   for seed in 1 2; do main_block painn 100 "$seed"; done
-  run --study energy_only
+  run --study energy_only  # also in the other lane: a run one lane trains, the other skips
 }
 painn_grad_lane() {
-  # the -dE/dr model runs the paper's baseline and PIWSL only: nothing waits for the tuned setting
-  for seed in 0 1 2; do
-    run --study main_gradient --only "molecules-painn_grad-*-n1000-s$seed"
-    run --study main_gradient --only "molecules-painn_grad-*-n100-s$seed"
-    [ "$seed" = 0 ] && run --study energy_only_gradient
-  done
+  # the -dE/dr model runs the paper's baseline and PIWSL only: nothing waits for the tuned setting;
+  # its Taylor run at N_train 1000, the dearest and least likely to help, goes last
+  run --study main_gradient --only 'molecules-painn_grad-baseline-n1000-s0' --only 'molecules-painn_grad-trapezoid-n1000-s0'
+  run --study main_gradient --only 'molecules-painn_grad-*-n100-s0'
+  run --study energy_only_gradient
+  run --study energy_only
+  run --study main_gradient
 }
 report() {
   .venv/bin/python scripts/aggregate.py "$results"
