@@ -480,6 +480,19 @@ def test_relative_gains_are_paired_per_seed_and_plotted(tmp_path):
     assert len(rows) == 1 + 4 and rows[0].startswith("dataset,backbone,method,train_size,tag,seeds")
 
 
+def test_runtime_table_gives_the_step_range_and_how_each_seed_stopped(tmp_path):
+    results_dir = synthetic_results(tmp_path)
+    for path in (results_dir / "runs").glob("d-m-piwsl-n1000-*.json"):
+        result = json.loads(path.read_text())
+        stopped_by, steps = ("max_steps", 300) if result["seed"] == 2 else ("early_stopping", 120 + result["seed"])
+        runner.write_json_atomic(path, result | {"steps": steps, "convergence": {"stopped_by": stopped_by}})
+    results = agg.load_results(results_dir)
+    (study,) = agg.load_studies(results_dir, results)
+    rows = {row[2]: row[3:] for row in agg.runtime_table(study, results).rows}
+    assert rows["PIWSL"] == ["10 ± 0 / 100", "10 ± 0 / 120–300 (e,e,c)"]
+    assert rows["BASELINE"] == ["10 ± 0 / 100", "10 ± 0 / 100"]  # results without a convergence record
+
+
 def test_aggregation_uses_only_the_grids_runs_with_their_current_config_hash(tmp_path, capsys):
     results_dir = synthetic_results(tmp_path)
     stale = json.loads((results_dir / "runs/d-m-piwsl-n100-s2.json").read_text())

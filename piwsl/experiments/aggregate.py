@@ -308,11 +308,29 @@ def gain_table(study: dict, results: list[dict], digits: int = 1, split: str = "
     return table
 
 
+#: How training ended (``convergence.stopped_by``), abbreviated in the runtime tables.
+STOP_MARKS = {"early_stopping": "e", "max_steps": "c", "wall_clock": "w"}
+
+
+def steps_cell(runs: list[dict]) -> str:
+    """The runs' training steps (a range where seeds differ) and, for runs that record it, how each ended."""
+    steps = sorted(r["steps"] for r in runs)
+    cell = str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}–{steps[-1]}"
+    marks = [
+        STOP_MARKS.get((r.get("convergence") or {}).get("stopped_by"), "")
+        for r in sorted(runs, key=lambda r: r["seed"])
+    ]
+    return f"{cell} ({','.join(marks)})" if any(marks) else cell
+
+
 def runtime_table(study: dict, results: list[dict]) -> Table:
-    """Training wall time per run (s, mean ± std over seeds) and steps: rows data set x backbone x method."""
+    """Training wall time per run (s, mean ± std over seeds), steps and how training ended: rows data set x
+    backbone x method."""
     mine = study_results(study, results)
     summary = summarize(mine)
-    steps = {_key(r): r["steps"] for r in mine}
+    runs_of: dict[tuple, list[dict]] = defaultdict(list)
+    for result in mine:
+        runs_of[_key(result)].append(result)
     backbone_label, method_label, method_group, dataset_label = _labels(study, mine)
     sizes = study["train_sizes"]
     header = ["Data set", "Model", "Method"] + [f"N={n}: train time (s) / steps" for n in sizes]
@@ -331,12 +349,14 @@ def runtime_table(study: dict, results: list[dict]) -> Table:
                     if stat is None:
                         row.append(MISSING)
                     else:
-                        row.append(_with_count(stat, f"{stat.mean:.0f} ± {stat.std:.0f} / {steps[key]}", expected))
+                        cell = f"{stat.mean:.0f} ± {stat.std:.0f} / {steps_cell(runs_of[key])}"
+                        row.append(_with_count(stat, cell, expected))
                 table.rows.append(row)
     total = sum(r["train_wall_s"] + r.get("eval_wall_s", 0.0) for r in mine) / 60.0
     table.notes.append(
         f"Mean ± sample std over {expected} seed(s) (fewer where marked n=k) of the wall time of the training "
-        "subprocess (start-up and validation included, test excluded); "
+        "subprocess (start-up and validation included, test excluded), training steps and, per seed, how "
+        "training ended (e: early stopping, c: step cap, w: wall-clock budget); "
         f"all {len(mine)} runs of the study took {total:.0f} min of training and testing."
     )
     return table
