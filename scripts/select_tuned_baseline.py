@@ -9,7 +9,7 @@ wins, but the study's reference (the paper's setting) stays unless it is beaten 
 every setting's score and writes RESULTS_DIR/tuned_baseline.json (--out to write elsewhere).
 A sweep with a setting missing at some N_train is refused, naming what is missing. With --grid,
 also checks that the grid's tuned method (--method) has the chosen setting: exit code 3 if not
-(experiments/paper_regime.sh stops there until the grid is edited).
+(experiments/paper_regime.sh skips the tuned baseline's runs until the grid is edited).
 
 Example (after `scripts/run_experiments.py --grid experiments/grids/paper_regime.yml --study sweep`):
   python scripts/select_tuned_baseline.py results/paper_regime

@@ -234,3 +234,34 @@ def test_every_run_of_the_paper_regime_grid_has_a_valid_config(tmp_path):
         metrics.add((run.method.energy_only, config["evaluation_metrics"]["primary_metric"]))
     assert metrics == {(False, "energy_force_nmae"), (True, "energy_mae")}
     assert len(waiting) == 2  # N_train 100 and 1000, seed 0, direct forces only
+
+
+# ------------------------------------------------------------------------------------------ the lanes
+@pytest.mark.parametrize("tuned_status", [0, 3])
+def test_painn_lane_skips_only_the_tuned_runs_until_the_choice_is_in_the_grid(tmp_path, tuned_status):
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    stand_in = tmp_path / "python"  # logs each command; select_tuned_baseline.py answers with tuned_status
+    stand_in.write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {calls}\n'
+        f'case "$1" in *select_tuned_baseline.py) exit {tuned_status} ;; esac\n'
+    )
+    stand_in.chmod(0o755)
+    environment = {"PATH": "/usr/bin:/bin", "PAPER_REGIME_PYTHON": str(stand_in), "PAPER_REGIME_OUT": str(tmp_path)}
+    lane = subprocess.run(["bash", str(ROOT / "experiments/paper_regime.sh"), "painn"], env=environment,
+                          capture_output=True, text=True)  # fmt: skip
+    commands = calls.read_text().splitlines()
+    assert lane.returncode == tuned_status, lane.stderr
+    assert "--study sweep --only *-n1000-s0" in commands[0] and "--study sweep --only *-n100-s0" in commands[1]
+    assert "select_tuned_baseline.py" in commands[2] and "energy_only" in commands[-1]
+    blocks = commands[3:-1]
+    order = [(block.split("-n")[-1].split("-")[0], block.split("-s")[-1][0]) for block in blocks]
+    assert order == [("1000", "0"), ("100", "0"), ("1000", "1"), ("1000", "2"), ("100", "1"), ("100", "2")]
+    assert all("--study main --study main_vs_tuned --study all_methods" in block for block in blocks)
+    if tuned_status == 0:
+        assert "--only molecules-painn-*-n1000-s0" in blocks[0]
+    else:
+        assert "*" not in " ".join(blocks) and "baseline_tuned" not in " ".join(blocks)
+        assert "--only molecules-painn-trapezoid-n1000-s0" in blocks[0]
+        assert "write the chosen setting into" in lane.stderr
