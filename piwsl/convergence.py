@@ -102,6 +102,9 @@ class StoppingRules:
 class ConvergenceState:
     """What a run has seen so far; JSON-serializable through ``to_dict``.
 
+    ``best``/``best_step``: the best value early stopping counted (an improvement beyond its
+    ``min_delta``); ``best_checkpoint_step``: the step of the validation that wrote
+    ``best_checkpoint.pt`` (any improvement, fairchem's rule), the model a run is tested with.
     ``training_s`` is training time in s (validation included) of the attempts before the current
     one; ``stopped_by`` one of ``STOP_REASONS`` once training has ended, with ``stopped_at_step``.
     """
@@ -109,6 +112,7 @@ class ConvergenceState:
     evaluations: int = 0
     best: float | None = None
     best_step: int | None = None
+    best_checkpoint_step: int | None = None
     since_improvement: int = 0
     training_s: float = 0.0
     stopped_by: str | None = None
@@ -291,6 +295,8 @@ class ConvergenceTraining:
         max_steps = self.config["optim"].get("max_steps")
         if training_state and max_steps is not None and self.step >= int(max_steps):
             self._convergence.stop("max_steps", self.step)
+        if checkpoint_file == "best_checkpoint.pt":  # fairchem's update_best: a new best validation
+            self._convergence.state.best_checkpoint_step = int(self.step)
         self.config[CONVERGENCE_KEY] = self._convergence.snapshot()
         return super().save(metrics, checkpoint_file, training_state)
 

@@ -9,7 +9,8 @@ Energies are stored in kcal/mol, forces in kcal/mol/Angstrom, positions in Angst
 Splits: seeded shuffle; the test set is drawn first (10,000 for ani1x/rmd17/sgdml, 1,000 otherwise, or
 all that is left), so it is the same for every --train-size with the same --seed; then train,
 then validation (--train-size, at least 100, by default). With --split-by molecule (ani1x only) the
-test set holds whole molecules that no training or validation record shares: a group's per-conformer
+test set, then the validation set, hold whole molecules that no training record shares (validation
+as the test set measures unseen molecules; both the same for every --train-size): a group's per-conformer
 'smiles' dataset where it has one (scripts/generate_reference_data.py many-molecules writes it),
 otherwise the group, which in the ANI-1x release is a formula (so isomers go to the test set
 together). metadata.json records split_by and the number of molecules in each split. With
@@ -93,9 +94,9 @@ def get_parser() -> argparse.ArgumentParser:
         "--split-by",
         choices=["conformation", "molecule"],
         default="conformation",
-        help="'conformation': the paper's shuffle of records; 'molecule' (ani1x only): a test set of unseen molecules "
-        "(whole molecules from a group's 'smiles' dataset, or whole groups = formulas without one), drawn first; "
-        "train and validation are conformations of the other molecules (default: conformation)",
+        help="'conformation': the paper's shuffle of records; 'molecule' (ani1x only): test and validation sets of "
+        "unseen molecules (whole molecules from a group's 'smiles' dataset, or whole groups = formulas without one), "
+        "drawn first; train is conformations of the other molecules (default: conformation)",
     )
     parser.add_argument(
         "--test-conformations",

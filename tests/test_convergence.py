@@ -128,6 +128,14 @@ NO_IMPROVEMENT = {"early_stopping": {"patience": 2, "min_delta": 0.99}}
 
 def test_early_stopping_ends_training_with_a_best_checkpoint_and_records_why(data, tmp_path):
     trainer = make_trainer(_config(data, tmp_path, **NO_IMPROVEMENT))
+    validations = {}
+    update_best = trainer.update_best
+
+    def record(primary_metric, val_metrics, **kwargs):
+        validations[trainer.step] = val_metrics[primary_metric]["metric"]
+        update_best(primary_metric, val_metrics, **kwargs)
+
+    trainer.update_best = record
     trainer.train(disable_eval_tqdm=True)
     assert trainer.step == 6  # validations at 2 (best), 4 and 6 (no improvement): stop
     directory = tmp_path / "checkpoints/test"
@@ -135,7 +143,9 @@ def test_early_stopping_ends_training_with_a_best_checkpoint_and_records_why(dat
     assert (state.stopped_by, state.stopped_at_step, state.best_step, state.evaluations) == ("early_stopping", 6, 2, 3)
     assert state.training_s > 0
     assert torch.load(directory / "checkpoint.pt", weights_only=False)["step"] == 6
-    assert (directory / "best_checkpoint.pt").is_file()
+    # early stopping counts only improvements beyond min_delta; the best checkpoint takes any
+    assert state.best_checkpoint_step == _state(directory / "best_checkpoint.pt").best_checkpoint_step
+    assert state.best_checkpoint_step == min(validations, key=lambda step: (validations[step], step))
 
 
 def _train_until_sigterm_after_validating(config, step: int) -> None:

@@ -1,4 +1,4 @@
-"""Splits by molecule: a test set of unseen molecules, drawn first, the same for every training size."""
+"""Splits by molecule: test and validation sets of unseen molecules, drawn first, the same for every training size."""
 
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ def molecules_of(sizes: list[int]) -> np.ndarray:
     return np.random.default_rng(99).permutation(ids)
 
 
-def test_test_molecules_appear_in_no_other_split():
+def test_test_and_validation_molecules_appear_in_no_other_split():
     molecules = molecules_of([3, 7, 1, 12, 5] * 40)
     split = make_molecule_split(molecules, 150, 100, 200, seed=2)
     assert [len(split.train), len(split.val)] == [150, 100] and 200 <= len(split.test) < 212
     assert not set(molecules[split.test]) & set(molecules[np.concatenate([split.train, split.val])])
+    assert not set(molecules[split.val]) & set(molecules[split.train])  # validation: unseen molecules too
     assert len(np.unique(np.concatenate([split.train, split.val, split.test]))) == 250 + len(split.test)
     assert all(np.all(np.diff(part) > 0) for part in (split.train, split.val, split.test))
 
@@ -37,7 +38,10 @@ def test_test_molecules_are_the_same_for_every_training_size_and_training_sets_n
     splits = [make_molecule_split(molecules, n, default_val_size(n), 2000, seed=5) for n in (50, 200, 1000)]
     for split in splits[1:]:
         np.testing.assert_array_equal(split.test, splits[0].test)
-    assert set(splits[0].train) <= set(splits[1].train) <= set(splits[2].train)
+    same_val = [make_molecule_split(molecules, n, 100, 2000, seed=5).val for n in (50, 200, 1000)]
+    assert all(np.array_equal(val, same_val[0]) for val in same_val)  # models of a learning curve: one selection set
+    nested = [make_molecule_split(molecules, n, 100, 2000, seed=5).train for n in (50, 200, 1000)]
+    assert set(nested[0]) <= set(nested[1]) <= set(nested[2])  # with one validation size
     assert not np.array_equal(make_molecule_split(molecules, 50, 100, 2000, seed=6).test, splits[0].test)
 
 

@@ -116,6 +116,10 @@ def test_a_molecule_split_run_is_tested_on_both_test_splits_and_records_how_it_s
     curve = result["val_curve"]  # the learning curve outlives the work directory
     assert curve["energy_force_nmae"]["step"] == [2, 4] and len(curve["forces_mae"]["value"]) == 2
     assert curve["energy_force_nmae"]["value"][0] == pytest.approx(convergence["best"])
+    best_value = min(curve["energy_force_nmae"]["value"])  # the tested model: the best checkpoint's validation
+    assert curve["energy_force_nmae"]["step"][curve["energy_force_nmae"]["value"].index(best_value)] == (
+        convergence["best_checkpoint_step"]
+    )
     shutil.rmtree(tmp_path / "work")
     text = agg.aggregate(tmp_path / "results", tmp_path / "out")
     assert (tmp_path / "out/figures/val_curves__main__molecules__painn.png").stat().st_size > 10_000

@@ -92,25 +92,30 @@ def make_split_with_test_file(num_records: int, train_size: int, val_size: int, 
 def make_molecule_split(
     molecules: np.ndarray, train_size: int, val_size: int, test_size: int, seed: int, test_conformations: int = 0
 ) -> Split:
-    """Split records by molecule for the test set: it holds only molecules no other split has.
+    """Split records by molecule: the test and validation sets hold molecules no other split has.
 
     ``molecules`` (n,) gives each record's molecule identity (any values comparable for equality).
     The molecules are shuffled with ``seed`` and taken in that order until the test set holds at
     least ``test_size`` records (the last molecule may overshoot by less than its own size), or
-    while the others keep train + validation records if fewer are left; then the records of the
-    other molecules are shuffled and give train, then validation (so validation measures unseen
-    conformations, the test set unseen molecules). Unless that cap binds, the test set depends only
-    on ``molecules``, ``test_size`` and ``seed``: it is the same for every training size, and
-    training sets of increasing size are nested. Indices are returned sorted.
+    while the others keep train + validation records if fewer are left; the next molecules give
+    the validation set, exactly ``val_size`` records drawn from their conformations (the rest of
+    those, fewer than the last molecule has, go unused: no training record shares a validation
+    molecule); then the
+    records of the remaining molecules are shuffled and give train. So validation, like the test
+    set, measures unseen molecules, and model selection is on the kind of error the test set
+    reports. Unless the test cap binds, the test set depends only on ``molecules``, ``test_size``
+    and ``seed``, and validation also on ``val_size``: both are the same for every training size,
+    and with one validation size training sets of increasing size are nested. Indices are
+    returned sorted.
 
     ``test_conformations`` > 0 adds a second test set of *unseen conformations of training
-    molecules*: before train and validation are drawn, one conformation of every other molecule
-    with at least two is set aside (the first of it in the shuffled order; this pool does not
-    depend on the training size), and the split holds the pooled conformations of the molecules
-    that have training records, the first ``test_conformations`` of them in that order. So it
-    never overlaps train or validation, and at most one conformation per training molecule is in
-    it: its size is at most ``min(test_conformations, molecules in train)``, and it grows with the
-    training set (nested, as the training sets are, while the cap does not bind).
+    molecules*: before train is drawn, one conformation of every remaining molecule with at least
+    two is set aside (the first of it in the shuffled order; this pool does not depend on the
+    training size), and the split holds the pooled conformations of the molecules that have
+    training records, the first ``test_conformations`` of them in that order. So it never overlaps
+    train or validation, and at most one conformation per training molecule is in it: its size is
+    at most ``min(test_conformations, molecules in train)``, and it grows with the training set
+    (nested, as the training sets are, while the cap does not bind).
     """
     if train_size < 1 or val_size < 0 or test_size < 1 or test_conformations < 0:
         raise ValueError(
@@ -130,19 +135,23 @@ def make_molecule_split(
             "and a test set of whole molecules"
         )
     in_test = np.isin(record_molecule, order[:taken])
-    rest = rng.permutation(np.flatnonzero(~in_test))
+    others = order[taken:]
+    enough = int(np.searchsorted(np.cumsum(counts[others]), val_size)) + 1 if val_size > 0 else 0
+    validation_molecules = others[:enough]
+    # the validation molecules' records in the shuffled order; the first val_size of them are the split
+    val_order = rng.permutation(np.flatnonzero(np.isin(record_molecule, validation_molecules)))
+    rest = rng.permutation(np.flatnonzero(~in_test & ~np.isin(record_molecule, validation_molecules)))
     pool = None
     if test_conformations > 0:
         rest, pool = _set_aside_one_per_molecule(rest, record_molecule)
-        if rest.size < train_size + val_size:
-            raise ValueError(
-                f"{num_records} records of {counts.size} molecules leave {rest.size} for train={train_size} + "
-                f"val={val_size} once the test molecules and one conformation per other molecule are set aside"
-            )
+    if val_order.size < val_size or rest.size < train_size:
+        aside = " and one conformation per other molecule" if pool is not None else ""
+        raise ValueError(
+            f"{num_records} records of {counts.size} molecules leave {rest.size} for train={train_size} once the "
+            f"test molecules, the validation molecules (val={val_size}){aside} are set aside; lower the sizes"
+        )
     train = rest[:train_size]
-    split = Split(
-        train=np.sort(train), val=np.sort(rest[train_size : train_size + val_size]), test=np.flatnonzero(in_test)
-    )
+    split = Split(train=np.sort(train), val=np.sort(val_order[:val_size]), test=np.flatnonzero(in_test))
     if pool is None:
         return split
     seen = np.isin(record_molecule[pool], record_molecule[train])

@@ -421,10 +421,19 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
     return True
 
 
+#: Validation terms drawn by ``plot_validation_curves`` (those a run logged), with their axis labels.
+CURVE_TERMS = {
+    "energy_force_nmae": "validation E/F NMAE (selection)",
+    "energy_mae": "validation energy MAE (kcal/mol)",
+    "forces_mae": "validation force MAE (kcal/mol/Å)",
+}
+
+
 def plot_validation_curves(study: dict, dataset: str, backbone: str, results: list[dict], path: Path) -> bool:
-    """Validation energy and force MAE vs training step of the study's lowest-seed runs, one column per
-    N_train, one line per method, the best checkpoint marked: has training converged? False if no
-    result of the data set and backbone records a ``val_curve``."""
+    """Validation selection metric, energy and force MAE vs training step of the study's lowest-seed
+    runs, one column per N_train, one line per method, the best checkpoint (the tested model)
+    marked: has training converged? False if no result of the data set and backbone records a
+    ``val_curve``."""
     from piwsl.experiments.diagnostics import pyplot
 
     tag = study.get("tag")
@@ -439,7 +448,7 @@ def plot_validation_curves(study: dict, dataset: str, backbone: str, results: li
     seed = min(r["seed"] for r in mine)
     runs = {(r["method"], r["train_size"]): r for r in mine if r["seed"] == seed}
     sizes = [n for n in study["train_sizes"] if any(size == n for _, size in runs)]
-    terms = [t for t in ("energy_mae", "forces_mae") if any(t in r["val_curve"] for r in runs.values())]
+    terms = [t for t in CURVE_TERMS if any(t in r["val_curve"] for r in runs.values())]
     if not terms:
         return False
     backbone_label, method_label, _, dataset_label = _labels(study, mine)
@@ -448,7 +457,6 @@ def plot_validation_curves(study: dict, dataset: str, backbone: str, results: li
     figure, axes = plt.subplots(
         len(terms), len(sizes), figsize=(4.6 * len(sizes), 3.3 * len(terms)), squeeze=False, sharex="col"
     )
-    names = {"energy_mae": "validation energy MAE (kcal/mol)", "forces_mae": "validation force MAE (kcal/mol/Å)"}
     for column, size in enumerate(sizes):
         for row, term in enumerate(terms):
             axis = axes[row, column]
@@ -459,11 +467,11 @@ def plot_validation_curves(study: dict, dataset: str, backbone: str, results: li
                     continue
                 colour = colours[k % len(colours)]
                 axis.plot(curve["step"], curve["value"], color=colour, label=method_label.get(method, method))
-                best = (run.get("convergence") or {}).get("best_step")
+                best = (run.get("convergence") or {}).get("best_checkpoint_step")
                 if best in curve["step"]:
                     axis.plot(best, curve["value"][curve["step"].index(best)], "o", color=colour, markersize=5)
             axis.set_yscale("log")
-            axis.set(ylabel=names[term], title=f"N_train = {size}")
+            axis.set(ylabel=CURVE_TERMS[term], title=f"N_train = {size}")
             axis.grid(alpha=0.3, which="both")
         axes[-1, column].set_xlabel("training step")
     axes[0, -1].legend(fontsize=7, loc="upper right")
