@@ -13,9 +13,9 @@
 #    energy-only runs the other lane has not taken. Until the grid's `baseline_tuned` is the chosen
 #    setting, the lane skips the tuned baseline's runs and ends with status 3 and the line to write
 #    into the grid: edit it and rerun (finished runs are skipped).
-# 2. painn_grad lane: the -dE/dr model's baseline and trapezoid at N 1000, its three methods at
-#    N 100, its energy-only runs, the direct model's energy-only runs, and last its Taylor run at
-#    N 1000; it needs no tuned setting.
+# 2. painn_grad lane: the -dE/dr model's baseline at N 1000, its three methods at N 100, its
+#    trapezoid run at N 1000, its energy-only runs, the direct model's energy-only runs, and last
+#    its Taylor run at N 1000; it needs no tuned setting.
 # Each equal-wall-clock run (baseline_wall) runs after the trapezoid run it takes its time from.
 # For a trial on a copy of the grid (e.g. with max_steps 5), set PAPER_REGIME_GRID to the copy and
 # PAPER_REGIME_OUT to a directory that gets its results/, work/ and data/.
@@ -70,8 +70,11 @@ painn_lane() {
 painn_grad_lane() {
   # the -dE/dr model runs the paper's baseline and PIWSL only: nothing waits for the tuned setting;
   # its Taylor run at N_train 1000, the dearest and least likely to help, goes last
-  run --study main_gradient --only 'molecules-painn_grad-baseline-n1000-s0' --only 'molecules-painn_grad-trapezoid-n1000-s0'
+  # (N 100 first: its runs take under an hour each, the trapezoid run at N 1000 ~2 h, which a
+  # session's end must not cut)
+  run --study main_gradient --only 'molecules-painn_grad-baseline-n1000-s0'
   run --study main_gradient --only 'molecules-painn_grad-*-n100-s0'
+  run --study main_gradient --only 'molecules-painn_grad-trapezoid-n1000-s0'
   run --study energy_only_gradient
   run --study energy_only
   run --study main_gradient
