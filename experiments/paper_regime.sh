@@ -82,6 +82,7 @@ painn_grad_lane() {
 report() {
   "$python" scripts/aggregate.py "$results"
   "$python" scripts/select_tuned_baseline.py "$results"
+  "$python" scripts/paper_regime_report.py --results "$results"
 }
 
 case "$lane" in

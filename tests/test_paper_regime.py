@@ -117,8 +117,9 @@ def test_a_molecule_split_run_is_tested_on_both_test_splits_and_records_how_it_s
     assert curve["energy_force_nmae"]["step"] == [2, 4] and len(curve["forces_mae"]["value"]) == 2
     assert curve["energy_force_nmae"]["value"][0] == pytest.approx(convergence["best"])
     best_value = min(curve["energy_force_nmae"]["value"])  # the tested model: the best checkpoint's validation
-    assert curve["energy_force_nmae"]["step"][curve["energy_force_nmae"]["value"].index(best_value)] == (
-        convergence["best_checkpoint_step"]
+    assert (
+        curve["energy_force_nmae"]["step"][curve["energy_force_nmae"]["value"].index(best_value)]
+        == (convergence["best_checkpoint_step"])
     )
     shutil.rmtree(tmp_path / "work")
     text = agg.aggregate(tmp_path / "results", tmp_path / "out")
@@ -269,3 +270,42 @@ def test_painn_lane_skips_only_the_tuned_runs_until_the_choice_is_in_the_grid(tm
         assert "*" not in " ".join(blocks) and "baseline_tuned" not in " ".join(blocks)
         assert "--only molecules-painn-trapezoid-n1000-s0" in blocks[0]
         assert "write the chosen setting into" in lane.stderr
+
+
+# ------------------------------------------------------------------------------------------ the report
+def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, capsys):
+    """Trapezoid is 20 % better than the paper's baseline and 10 % better than the tuned one on unseen
+    molecules, 50 % better than both on unseen conformations; the tuned baseline reuses seed 0's sweep run."""
+    energies = {"baseline": 10.0, "baseline_tuned": 20.0 / 2.25, "trapezoid": 8.0}
+    names = []
+    for method, energy in energies.items():
+        for seed in (0, 1):
+            name = f"molecules-painn-{method}-n1000-s{seed}"
+            names.append(name)
+            conformations = 2.0 if method == "trapezoid" else 4.0
+            ended = {"stopped_by": "early_stopping" if seed else "max_steps", "training_s": 60.0 * (seed + 1),
+                     "best_checkpoint_step": 500 * (seed + 1)}  # fmt: skip
+            result = {"run": name, "config_hash": "current", "dataset": "molecules", "backbone": "painn",
+                      "backbone_label": "PaiNN", "method": method, "method_label": method.title(),
+                      "train_size": 1000, "seed": seed, "train_wall_s": 999.0, "steps": 1000 * (seed + 1),
+                      "convergence": ended, "test_splits": ["test", "test_conformations"],
+                      "test": {"energy_rmse": energy * (1 + seed), "forces_rmse": 5.0},
+                      "test_conformations": {"energy_rmse": conformations, "forces_rmse": 5.0}}  # fmt: skip
+            runner.write_json_atomic(tmp_path / "runs" / f"{name}.json", result)
+    study = {"name": "main", "methods": ["baseline", "baseline_tuned", "trapezoid"], "runs": names}
+    runner.write_json_atomic(
+        tmp_path / "grid.json", {"studies": [study], "config_hashes": dict.fromkeys(names, "current")}
+    )
+    cli = load_script("scripts/paper_regime_report.py")
+    assert cli.main(["--results", str(tmp_path)]) == 0
+    gains = (tmp_path / "tables/paper_regime_gains.csv").read_text().splitlines()
+    assert len(gains) == 2 and gains[1].startswith("PaiNN,Trapezoid,1000,")  # the references get no row
+    cells = gains[1].split(",")[3:]  # molecules (paper E, F; tuned E, F), then conformations
+    assert cells[0] == "+20.0 ± 0.0" and cells[1] == "+0.0 ± 0.0" and cells[2] == "+10.0 ± 0.0"
+    assert cells[4] == cells[6] == "+50.0 ± 0.0"
+    errors = (tmp_path / "tables/paper_regime_errors.md").read_text()
+    assert "| PaiNN | Baseline | 1000 | 2 | 15.00 ± 7.07 | 5.00 ± 0.00 | 4.00 ± 0.00 |" in errors
+    convergence = (tmp_path / "tables/paper_regime_convergence.md").read_text()
+    assert "| PaiNN | Trapezoid | 1000 | 1.5 ± 0.7 | 1000–2000 (c,e) | 500, 1000 |" in convergence
+    assert cli.main(["--results", str(tmp_path / "nothing")]) == 2
+    assert "grid.json not found" in capsys.readouterr().err
