@@ -13,7 +13,7 @@ grid's current configs (RESULTS/grid.json):
   (--reference, --tuned-reference), on both test sets;
 - RESULTS/tables/paper_regime_convergence.md|csv: training time (``convergence.training_s``:
   training and validation, without start-up or the steps an interrupted attempt redid; the
-  budget the equal-wall-clock baseline gets), steps, the best checkpoint's step (the tested model)
+  budget the equal-wall-clock baseline gets) and per step, steps, the best checkpoint's step (the tested model)
   and how each seed's training ended (e: early stopping, c: step cap, w: wall-clock budget).
 
 Example: python scripts/paper_regime_report.py --results results/paper_regime
@@ -139,6 +139,7 @@ def convergence_table(grouped: dict[tuple, list[dict]]) -> Table:
         "Method",
         "N_train",
         "training time (min)",
+        "s per step",
         "steps (how each seed ended)",
         "best checkpoint step",
     ]
@@ -146,11 +147,14 @@ def convergence_table(grouped: dict[tuple, list[dict]]) -> Table:
     for (_, _, size), runs in grouped.items():
         best = [(r.get("convergence") or {}).get("best_checkpoint_step") for r in sorted(runs, key=lambda r: r["seed"])]
         row = [*_labels(runs), str(size), _stat_cell([training_seconds(r) / 60.0 for r in runs], 1)]
+        row.append(_stat_cell([training_seconds(r) / r["steps"] for r in runs if r["steps"]], 3))
         row += [steps_cell(runs), ", ".join(MISSING if step is None else str(step) for step in best)]
         table.rows.append(row)
     table.notes.append(
         "Training time: convergence.training_s (training and validation; start-up and the steps an interrupted "
-        "attempt redid excluded), mean ± std over seeds. e: early stopping, c: step cap, w: wall-clock budget."
+        "attempt redid excluded), mean ± std over seeds; per step: that time over the steps (a run on a slower or "
+        "busier machine shows here, which matters for the equal-wall-clock baseline). e: early stopping, c: step "
+        "cap, w: wall-clock budget."
     )
     return table
 

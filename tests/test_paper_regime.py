@@ -306,6 +306,6 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
     errors = (tmp_path / "tables/paper_regime_errors.md").read_text()
     assert "| PaiNN | Baseline | 1000 | 2 | 15.00 ± 7.07 | 5.00 ± 0.00 | 4.00 ± 0.00 |" in errors
     convergence = (tmp_path / "tables/paper_regime_convergence.md").read_text()
-    assert "| PaiNN | Trapezoid | 1000 | 1.5 ± 0.7 | 1000–2000 (c,e) | 500, 1000 |" in convergence
+    assert "| PaiNN | Trapezoid | 1000 | 1.5 ± 0.7 | 0.060 ± 0.000 | 1000–2000 (c,e) | 500, 1000 |" in convergence
     assert cli.main(["--results", str(tmp_path / "nothing")]) == 2
     assert "grid.json not found" in capsys.readouterr().err
