@@ -174,6 +174,26 @@ def test_status_is_done_only_for_results_with_the_current_config_hash(tmp_path):
     assert stat.S_IMODE(paths.result_file(run).stat().st_mode) == 0o644, "results must be readable by others"
 
 
+def test_a_result_of_another_data_split_is_not_current(tmp_path, capsys):
+    """Split sizes live in the grid's data set, not in the run's config: the results record the split."""
+    paths = paths_in(tmp_path)
+    run = parse_grid(grid_content(tmp_path)).runs[0]
+    _, _, config_hash = runner.write_config(run, paths)
+    finished = {"run": run.name, "config_hash": config_hash, "split_request": runner.recorded_split_request(run)}
+    runner.write_json_atomic(paths.result_file(run), finished)
+    assert runner.run_status(run, paths) == "done"
+    assert finished["split_request"]["source"] == "tests/data/rmd17_ethanol_gfn2xtb.npz"  # portable, as results are committed
+    content = grid_content(tmp_path)
+    content["datasets"]["ethanol"]["val_size"] = 6
+    edited = parse_grid(content).runs[0]
+    assert runner.config_hash(edited, paths) == config_hash and runner.run_status(edited, paths) == "todo"
+    grid = runner.grid_description(parse_grid(content), paths)
+    current, skipped = agg.current_results([finished], grid)
+    assert current == [] and "its data split differs from the grid's" in skipped[0]
+    old = {key: value for key, value in finished.items() if key != "split_request"}  # an older runner's result
+    assert agg.current_results([old], grid)[0] == [old]
+
+
 def test_a_method_with_another_runs_config_reuses_its_results_without_training(tmp_path, monkeypatch):
     content = grid_content(tmp_path)
     content["methods"]["baseline_tuned"] = dict(content["methods"]["baseline"], label="Tuned")

@@ -112,7 +112,8 @@ def load_grid_description(results_dir: Path) -> dict | None:
 
 
 def current_results(results: list[dict], grid: dict) -> tuple[list[dict], list[str]]:
-    """The results of the grid's runs with the grid's config hash, and descriptions of the ones skipped.
+    """The results of the grid's runs with the grid's config hash and, where both record it, its data
+    split (``split_requests``), and descriptions of the ones skipped.
 
     Results of runs the grid does not have are left out silently. A ``grid.json`` without
     ``config_hashes`` (written by an older runner) cannot tell stale results apart: then every
@@ -120,15 +121,19 @@ def current_results(results: list[dict], grid: dict) -> tuple[list[dict], list[s
     """
     runs = {run for study in grid["studies"] for run in study["runs"]}
     hashes = grid.get("config_hashes")
+    requests = grid.get("split_requests", {})
     current, skipped = [], []
     for result in results:
         if result["run"] not in runs:
             continue
         expected = None if hashes is None else hashes.get(result["run"])
-        if hashes is None or result.get("config_hash") == expected:
-            current.append(result)
-        else:
+        split = requests.get(result["run"])
+        if hashes is not None and result.get("config_hash") != expected:
             skipped.append(f"{result['run']} (config hash {result.get('config_hash')}, the grid's {expected})")
+        elif split is not None and result.get("split_request", split) != split:
+            skipped.append(f"{result['run']} (its data split differs from the grid's: {result['split_request']})")
+        else:
+            current.append(result)
     return current, skipped
 
 

@@ -186,6 +186,20 @@ def split_request(run: RunSpec) -> dict[str, Any]:
     }
 
 
+def recorded_split_request(run: RunSpec) -> dict[str, Any]:
+    """``split_request`` as results and ``grid.json`` record it: the source relative to the repository."""
+    request = split_request(run)
+    return request | {"source": relative(Path(request["source"]))}
+
+
+def is_current(result: dict | None, run: RunSpec, config_hash: str) -> bool:
+    """Whether ``result`` is the run's under its current config: the config hash, and the split the run
+    asks for where the result records one (a grid's edited split sizes or data leave the config alone)."""
+    if result is None or result.get("config_hash") != config_hash:
+        return False
+    return "split_request" not in result or result["split_request"] == recorded_split_request(run)
+
+
 def source_checksum(path: Path) -> str | None:
     """SHA-256 of a source file or directory as metadata.json records it (None if missing), cached per version."""
     path = Path(path).resolve()
@@ -515,8 +529,7 @@ def run_status(run: RunSpec, paths: Paths) -> str:
         return f"waiting for {run.wall_clock_source.name}"
     except PretrainingNotFinished:
         return "waiting"
-    result = read_result(paths.result_file(run))
-    if result is not None and result.get("config_hash") == current:
+    if is_current(read_result(paths.result_file(run)), run, current):
         return "done"
     if (paths.checkpoint_dir(run_id(run, current)) / "checkpoint.pt").is_file():
         return "partial"
@@ -747,7 +760,7 @@ def execute_run(
         checkpoint_dir = paths.checkpoint_dir(identifier)
         with run_lock(run, checkpoint_dir) as lock_descriptor:
             finished = read_result(paths.result_file(run))
-            if finished is not None and finished.get("config_hash") == config_hash:
+            if is_current(finished, run, config_hash):
                 if not retrain or (checkpoint_dir / "best_checkpoint.pt").is_file():
                     return finished  # another runner finished it meanwhile
             twin = None if retrain else identical_finished_run(run, paths, config_hash)
@@ -797,6 +810,7 @@ def execute_run(
                 "data": relative(data),
                 "split_sizes": metadata["split_sizes"],
                 "split_by": metadata.get("split_by", "conformation"),
+                "split_request": recorded_split_request(run),
                 "test_splits": splits,
                 "best_checkpoint": relative(best),
                 DIGEST_KEY: checkpoint_digest(best),
@@ -1008,14 +1022,16 @@ def submit_slurm(runs: list[RunSpec], paths: Paths, options: Options, slurm: Slu
 
 
 def grid_description(grid: Grid, paths: Paths) -> dict[str, Any]:
-    """The studies, their runs and each run's current config hash (None where its config cannot be made)."""
+    """The studies, their runs, each run's current config hash (None where its config cannot be made) and
+    the split it asks for."""
     hashes = {}
     for run in grid.runs:
         try:
             hashes[run.name] = config_hash(run, paths)
         except RunFailed:
             hashes[run.name] = None
-    return grid.describe() | {"config_hashes": hashes}
+    requests = {run.name: recorded_split_request(run) for run in grid.runs}
+    return grid.describe() | {"config_hashes": hashes, "split_requests": requests}
 
 
 def write_grid_description(grid: Grid, paths: Paths) -> None:
