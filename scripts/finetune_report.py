@@ -29,10 +29,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from piwsl.experiments.aggregate import current_results, load_grid_description, load_results, mean_std
+from piwsl.experiments.aggregate import QUANTITIES as GAIN_QUANTITIES
+from piwsl.experiments.aggregate import current_results, load_grid_description, load_results, mean_std, relative_gains
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTITIES = {"energy_rmse": "E RMSE (kcal/mol)", "forces_rmse": "F RMSE (kcal/mol/Å)"}
+#: The key of each quantity among ``aggregate.relative_gains``' paired gains.
+GAIN_NAMES = {metric: name for name, metric in GAIN_QUANTITIES.items()}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -56,25 +59,13 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def paired_changes(runs: list[dict], references: dict[tuple, dict], quantity: str) -> list[float]:
-    """``100 * (1 - RMSE / RMSE_reference)`` per seed that has a reference run and the quantity."""
-    changes = []
-    for run in runs:
-        reference = references.get((run["backbone"], run["train_size"], run["seed"]))
-        value = run["test"].get(quantity)
-        if reference is None or value is None or reference["test"].get(quantity) in (None, 0):
-            continue
-        changes.append(100.0 * (1.0 - value / reference["test"][quantity]))
-    return changes
-
-
 def curve_rows(results: list[dict], reference_method: str, method_order: list[str] = ()) -> list[dict]:
     """One row per backbone, method and N_train with mean ± std over seeds and paired changes; methods
     in ``method_order`` (the grid's order) first, the others after them by name."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for result in results:
         groups[(result["backbone"], result["method"], result["train_size"])].append(result)
-    references = {(r["backbone"], r["train_size"], r["seed"]): r for r in results if r["method"] == reference_method}
+    gains = relative_gains({"runs": [r["run"] for r in results], "reference": reference_method}, results)
     rows = []
 
     def order(key: tuple) -> tuple:
@@ -91,11 +82,11 @@ def curve_rows(results: list[dict], reference_method: str, method_order: list[st
             "N_train": size,
             "seeds": len(runs),
         }
+        changes = gains.get((runs[0]["dataset"], backbone, method, size, runs[0].get("tag")), {})
         for quantity in QUANTITIES:
             values = [run["test"][quantity] for run in runs if run["test"].get(quantity) is not None]
             row[quantity] = mean_std(values) if values else None
-            changes = [] if method == reference_method else paired_changes(runs, references, quantity)
-            row[f"{quantity}_change"] = mean_std(changes) if changes else None
+            row[f"{quantity}_change"] = changes.get(GAIN_NAMES[quantity])
         rows.append(row)
     return rows
 
