@@ -460,7 +460,7 @@ def plot_validation_curves(study: dict, dataset: str, backbone: str, results: li
     plt = pyplot()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     figure, axes = plt.subplots(
-        len(terms), len(sizes), figsize=(4.6 * len(sizes), 3.3 * len(terms)), squeeze=False, sharex="col"
+        len(terms), len(sizes), figsize=(max(4.6 * len(sizes), 6.0), 3.3 * len(terms)), squeeze=False, sharex="col"
     )
     for column, size in enumerate(sizes):
         for row, term in enumerate(terms):
@@ -481,7 +481,7 @@ def plot_validation_curves(study: dict, dataset: str, backbone: str, results: li
         axes[-1, column].set_xlabel("training step")
     axes[0, -1].legend(fontsize=7, loc="upper right")
     figure.suptitle(
-        f"{dataset_label.get(dataset, dataset)}, {backbone_label.get(backbone, backbone)}, seed {seed}: "
+        f"{dataset_label.get(dataset, dataset)}\n{backbone_label.get(backbone, backbone)}, seed {seed}: "
         "validation curves (dot: best checkpoint)",
         fontsize=10,
     )
