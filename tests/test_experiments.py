@@ -182,7 +182,9 @@ def test_a_result_of_another_data_split_is_not_current(tmp_path, capsys):
     finished = {"run": run.name, "config_hash": config_hash, "split_request": runner.recorded_split_request(run)}
     runner.write_json_atomic(paths.result_file(run), finished)
     assert runner.run_status(run, paths) == "done"
-    assert finished["split_request"]["source"] == "tests/data/rmd17_ethanol_gfn2xtb.npz"  # portable, as results are committed
+    assert (
+        finished["split_request"]["source"] == "tests/data/rmd17_ethanol_gfn2xtb.npz"
+    )  # portable, as results are committed
     content = grid_content(tmp_path)
     content["datasets"]["ethanol"]["val_size"] = 6
     edited = parse_grid(content).runs[0]
@@ -192,6 +194,17 @@ def test_a_result_of_another_data_split_is_not_current(tmp_path, capsys):
     assert current == [] and "its data split differs from the grid's" in skipped[0]
     old = {key: value for key, value in finished.items() if key != "split_request"}  # an older runner's result
     assert agg.current_results([old], grid)[0] == [old]
+
+
+def test_a_checkpoint_of_another_data_split_is_not_resumed(tmp_path):
+    run = parse_grid(grid_content(tmp_path)).runs[0]
+    checkpoint_dir = tmp_path / "checkpoints/run-hash"
+    runner.check_checkpoint_split(run, checkpoint_dir)  # the first attempt records its split
+    runner.check_checkpoint_split(run, checkpoint_dir)  # a resumed attempt of the same split goes on
+    content = grid_content(tmp_path)
+    content["datasets"]["ethanol"]["val_size"] = 6
+    with pytest.raises(runner.PreparedDataMismatch, match="another data split \\(val_size changed"):
+        runner.check_checkpoint_split(parse_grid(content).runs[0], checkpoint_dir)
 
 
 def test_a_method_with_another_runs_config_reuses_its_results_without_training(tmp_path, monkeypatch):

@@ -200,6 +200,22 @@ def is_current(result: dict | None, run: RunSpec, config_hash: str) -> bool:
     return "split_request" not in result or result["split_request"] == recorded_split_request(run)
 
 
+def check_checkpoint_split(run: RunSpec, checkpoint_dir: Path) -> None:
+    """Record in the run's checkpoint directory the split it trains on; refuse to resume a checkpoint of
+    another one (split settings are not part of the config hash that names the directory)."""
+    record = checkpoint_dir / SPLIT_REQUEST_FILE
+    request = recorded_split_request(run)
+    if record.is_file() and (recorded := json.loads(record.read_text())) != request:
+        changed = ", ".join(key for key in request if recorded.get(key) != request[key])
+        raise PreparedDataMismatch(
+            f"{run.name}: {relative(checkpoint_dir)} holds a partly trained run of another data split ({changed} "
+            "changed in the grid); remove that directory to train the run afresh"
+        )
+    if not record.is_file():
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, request)
+
+
 def source_checksum(path: Path) -> str | None:
     """SHA-256 of a source file or directory as metadata.json records it (None if missing), cached per version."""
     path = Path(path).resolve()
@@ -772,6 +788,7 @@ def execute_run(
             if run.pretrained is not None:
                 check_pretrained_file(run, paths)
             data = prepare_split(run, paths)
+            check_checkpoint_split(run, checkpoint_dir)
             command = train_command(run, paths, config_file, identifier, options.use_cpu())
             attempts = _train(
                 run,
