@@ -205,15 +205,15 @@ def check_checkpoint_split(run: RunSpec, checkpoint_dir: Path) -> None:
     another one (split settings are not part of the config hash that names the directory)."""
     record = checkpoint_dir / SPLIT_REQUEST_FILE
     request = recorded_split_request(run)
-    if record.is_file() and (recorded := json.loads(record.read_text())) != request:
+    if not record.is_file():
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, request)
+    elif (recorded := json.loads(record.read_text())) != request:
         changed = ", ".join(key for key in request if recorded.get(key) != request[key])
         raise PreparedDataMismatch(
             f"{run.name}: {relative(checkpoint_dir)} holds a partly trained run of another data split ({changed} "
             "changed in the grid); remove that directory to train the run afresh"
         )
-    if not record.is_file():
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record, request)
 
 
 def source_checksum(path: Path) -> str | None:
