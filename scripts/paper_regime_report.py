@@ -78,11 +78,12 @@ def _labels(runs: list[dict]) -> list[str]:
     return [runs[0].get("backbone_label", runs[0]["backbone"]), runs[0].get("method_label", runs[0]["method"])]
 
 
-def _stat_cell(values: list[float], digits: int, signed: bool = False) -> str:
+def _stat_cell(values: list[float], digits: int) -> str:
+    """Mean ± sample std of ``values``; the value alone when there is one."""
     if not values:
         return MISSING
     stat = mean_std(values)
-    return f"{stat.mean:{'+' if signed else ''}.{digits}f} ± {stat.std:.{digits}f}"
+    return f"{stat.mean:.{digits}f}" if stat.count == 1 else f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
 
 
 def error_table(grouped: dict[tuple, list[dict]]) -> Table:
@@ -95,7 +96,7 @@ def error_table(grouped: dict[tuple, list[dict]]) -> Table:
             for metric in QUANTITIES.values():
                 row.append(_stat_cell([r[split][metric] for r in runs if r.get(split, {}).get(metric) is not None], 2))
         table.rows.append(row)
-    table.notes.append("Mean ± sample std over seeds (0 for one seed).")
+    table.notes.append("Mean ± sample std over seeds; one value: one seed.")
     return table
 
 
@@ -152,9 +153,9 @@ def convergence_table(grouped: dict[tuple, list[dict]]) -> Table:
         table.rows.append(row)
     table.notes.append(
         "Training time: convergence.training_s (training and validation; start-up and the steps an interrupted "
-        "attempt redid excluded), mean ± std over seeds; per step: that time over the steps (a run on a slower or "
-        "busier machine shows here, which matters for the equal-wall-clock baseline). e: early stopping, c: step "
-        "cap, w: wall-clock budget."
+        "attempt redid excluded), mean ± std over seeds (one value: one seed); per step: that time over the "
+        "steps (a run on a slower or busier machine shows here, which matters for the equal-wall-clock "
+        "baseline). e: early stopping, c: step cap, w: wall-clock budget."
     )
     return table
 

@@ -276,10 +276,10 @@ def test_painn_lane_skips_only_the_tuned_runs_until_the_choice_is_in_the_grid(tm
 def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, capsys):
     """Trapezoid is 20 % better than the paper's baseline and 10 % better than the tuned one on unseen
     molecules, 50 % better than both on unseen conformations; the tuned baseline reuses seed 0's sweep run."""
-    energies = {"baseline": 10.0, "baseline_tuned": 20.0 / 2.25, "trapezoid": 8.0}
+    energies = {"baseline": 10.0, "baseline_tuned": 20.0 / 2.25, "trapezoid": 8.0, "taylor": 9.0}
     names = []
     for method, energy in energies.items():
-        for seed in (0, 1):
+        for seed in (0,) if method == "taylor" else (0, 1):  # Taylor: one seed
             name = f"molecules-painn-{method}-n1000-s{seed}"
             names.append(name)
             conformations = 2.0 if method == "trapezoid" else 4.0
@@ -292,19 +292,21 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
                       "test": {"energy_rmse": energy * (1 + seed), "forces_rmse": 5.0},
                       "test_conformations": {"energy_rmse": conformations, "forces_rmse": 5.0}}  # fmt: skip
             runner.write_json_atomic(tmp_path / "runs" / f"{name}.json", result)
-    study = {"name": "main", "methods": ["baseline", "baseline_tuned", "trapezoid"], "runs": names}
+    study = {"name": "main", "methods": list(energies), "runs": names}
     runner.write_json_atomic(
         tmp_path / "grid.json", {"studies": [study], "config_hashes": dict.fromkeys(names, "current")}
     )
     cli = load_script("scripts/paper_regime_report.py")
     assert cli.main(["--results", str(tmp_path)]) == 0
     gains = (tmp_path / "tables/paper_regime_gains.csv").read_text().splitlines()
-    assert len(gains) == 2 and gains[1].startswith("PaiNN,Trapezoid,1000,")  # the references get no row
+    assert len(gains) == 3 and gains[1].startswith("PaiNN,Trapezoid,1000,")  # the references get no row
+    assert gains[2].startswith("PaiNN,Taylor,1000,+10.0 (n=1),")
     cells = gains[1].split(",")[3:]  # molecules (paper E, F; tuned E, F), then conformations
     assert cells[0] == "+20.0 ± 0.0" and cells[1] == "+0.0 ± 0.0" and cells[2] == "+10.0 ± 0.0"
     assert cells[4] == cells[6] == "+50.0 ± 0.0"
     errors = (tmp_path / "tables/paper_regime_errors.md").read_text()
     assert "| PaiNN | Baseline | 1000 | 2 | 15.00 ± 7.07 | 5.00 ± 0.00 | 4.00 ± 0.00 |" in errors
+    assert "| PaiNN | Taylor | 1000 | 1 | 9.00 | 5.00 | 4.00 | 5.00 |" in errors  # one seed: no spread
     convergence = (tmp_path / "tables/paper_regime_convergence.md").read_text()
     assert "| PaiNN | Trapezoid | 1000 | 1.5 ± 0.7 | 0.060 ± 0.000 | 1000–2000 (c,e) | 500, 1000 |" in convergence
     assert cli.main(["--results", str(tmp_path / "nothing")]) == 2
