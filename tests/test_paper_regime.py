@@ -209,11 +209,14 @@ def test_near_ties_go_to_the_paper_setting_and_an_incomplete_sweep_is_refused(tm
 def test_the_check_says_whether_the_grid_uses_the_chosen_setting(tmp_path, capsys):
     grid = str(ROOT / "experiments/grids/paper_regime.yml")
     cli = load_script("scripts/select_tuned_baseline.py")
-    paper = sweep_results(tmp_path / "paper", {"baseline": {100: 1.0, 1000: 1.0}, "e10_plateau": {100: 2.0, 1000: 2.0}})
-    assert cli.main([str(paper), "--grid", grid]) == 0  # the committed grid's placeholder is the paper's setting
-    other = sweep_results(tmp_path / "other", {"baseline": {100: 2.0, 1000: 2.0}, "e10_plateau": {100: 1.0, 1000: 1.0}})
-    assert cli.main([str(other), "--grid", grid]) == 3
-    assert "set `baseline_tuned: *e10_plateau` there" in capsys.readouterr().err
+    # the committed grid's tuned baseline is the sweep's choice, E 10 with the cosine schedule
+    chosen = sweep_results(
+        tmp_path / "chosen", {"baseline": {100: 2.0, 1000: 2.0}, "e10_cosine": {100: 1.0, 1000: 1.0}}
+    )
+    assert cli.main([str(chosen), "--grid", grid]) == 0
+    paper = sweep_results(tmp_path / "paper", {"baseline": {100: 1.0, 1000: 1.0}, "e10_cosine": {100: 2.0, 1000: 2.0}})
+    assert cli.main([str(paper), "--grid", grid]) == 3
+    assert "set `baseline_tuned: *baseline` there" in capsys.readouterr().err
 
 
 def test_every_run_of_the_paper_regime_grid_has_a_valid_config(tmp_path):
