@@ -82,8 +82,7 @@ def _stat_cell(values: list[float], digits: int) -> str:
     """Mean ± sample std of ``values``; the value alone when there is one."""
     if not values:
         return MISSING
-    stat = mean_std(values)
-    return f"{stat.mean:.{digits}f}" if stat.count == 1 else f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
+    return mean_std(values).text(f".{digits}f")
 
 
 def error_table(grouped: dict[tuple, list[dict]]) -> Table:
@@ -119,12 +118,11 @@ def gain_table(results: list[dict], grouped: dict[tuple, list[dict]], references
                 stats = gains[(split, label)].get(key, {})
                 for quantity in QUANTITIES:
                     stat = stats.get(quantity)
-                    cell = MISSING if stat is None else f"{stat.mean:+.1f} ± {stat.std:.1f}"
-                    row.append(cell if stat is None or stat.count > 1 else f"{stat.mean:+.1f} (n=1)")
+                    row.append(MISSING if stat is None else stat.text("+.1f"))
         table.rows.append(row)
     table.notes.append(
         "Per seed 100·(1 − RMSE / RMSE of the reference of the same seed and N_train), mean ± sample std over "
-        "the seeds both have; n=1: one seed."
+        "the seeds both have; one value: one seed."
     )
     return table
 

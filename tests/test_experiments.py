@@ -483,6 +483,8 @@ def test_mean_and_sample_std():
     assert stat_.mean == 2.0 and stat_.std == pytest.approx(1.0) and stat_.count == 3
     assert agg.mean_std([4.0]).std == 0.0
     assert stat_.format(2) == "2.00 ± 1.00" and stat_.format(1, expected=4) == "2.0 ± 1.0 (n=3)"
+    assert stat_.text("+.1f") == "+2.0 ± 1.0"
+    assert agg.mean_std([4.0]).format(2, expected=3) == "4.00 (n=1)", "one value has no spread to show"
 
 
 def test_table_layout_cells_and_bold_best(tmp_path):
@@ -592,7 +594,7 @@ def test_md_statistics_use_the_sample_std_and_count_replicas_without_drift():
     failed_at_start = Trajectory(empty, empty, empty, True, "non-finite energy or forces", 0.0)
     trajectories = [failed_at_start, linear_trajectory(2.0), linear_trajectory(-4.0)]
     row = stability_row(trajectories, steps=2000, timestep=0.5, natoms=2, ensemble="nve")
-    assert row["failed"] == "1/3" and row["time to failure (fs)"] == "0 ± 0 (n=1)"
+    assert row["failed"] == "1/3" and row["time to failure (fs)"] == "0 (n=1)"
     assert row["simulated (fs)"] == f"667 ± {np.std([0.0, 1000.0, 1000.0], ddof=1):.0f}"
     assert row["|drift| (kcal/mol/ps)"] == "3.00 ± 1.41 (n=2)"
     assert row["|drift| per atom (kcal/mol/ps)"] == "1.5000 ± 0.7071 (n=2)"

@@ -48,8 +48,14 @@ class Stat:
     std: float
     count: int
 
+    def text(self, spec: str) -> str:
+        """``mean ± std`` in the format ``spec`` (e.g. ``".2f"``); the mean alone for one value, whose
+        std of 0 would read as a measured spread."""
+        mean = format(self.mean, spec)
+        return mean if self.count == 1 else f"{mean} ± {format(self.std, spec.lstrip('+'))}"
+
     def format(self, digits: int = 2, expected: int | None = None) -> str:
-        text = f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+        text = self.text(f".{digits}f")
         return text if expected is None or self.count >= expected else f"{text} (n={self.count})"
 
 
@@ -304,7 +310,7 @@ def gain_table(study: dict, results: list[dict], digits: int = 1, split: str = "
                         if stat is None:
                             row.append(MISSING)
                         else:
-                            row.append(_with_count(stat, f"{stat.mean:+.{digits}f} ± {stat.std:.{digits}f}", expected))
+                            row.append(_with_count(stat, stat.text(f"+.{digits}f"), expected))
                 table.rows.append(row)
     table.notes.append(
         "Gain = 100·(1 − RMSE_method / RMSE_reference) per seed (paired split), mean ± sample std "
@@ -354,7 +360,7 @@ def runtime_table(study: dict, results: list[dict]) -> Table:
                     if stat is None:
                         row.append(MISSING)
                     else:
-                        cell = f"{stat.mean:.0f} ± {stat.std:.0f} / {steps_cell(runs_of[key])}"
+                        cell = f"{stat.text('.0f')} / {steps_cell(runs_of[key])}"
                         row.append(_with_count(stat, cell, expected))
                 table.rows.append(row)
     total = sum(r["train_wall_s"] + r.get("eval_wall_s", 0.0) for r in mine) / 60.0
