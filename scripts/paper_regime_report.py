@@ -10,7 +10,7 @@ grid's current configs (RESULTS/grid.json):
   (kcal/mol/Å), mean ± sample std over seeds;
 - RESULTS/tables/paper_regime_gains.md|csv: paired gains per seed, ``100 * (1 - RMSE / RMSE_ref)``
   (positive: better), of every method over the paper's baseline and over the tuned baseline
-  (--reference, --tuned-reference), on both test sets;
+  (--reference, --tuned-reference), on both test sets, with the number of seeds each reference pairs;
 - RESULTS/tables/paper_regime_convergence.md|csv: training time (``convergence.training_s``:
   training and validation, without start-up or the steps an interrupted attempt redid; the
   budget the equal-wall-clock baseline gets) and per step, steps, the best checkpoint's step (the tested model)
@@ -104,17 +104,19 @@ def gain_table(results: list[dict], grouped: dict[tuple, list[dict]], references
     everything = {"runs": [r["run"] for r in results]}
     gains = {(split, label): relative_gains(everything | {"reference": method}, results, split)
              for split in SPLITS for label, method in references.items()}  # fmt: skip
-    header = ["Model", "Method", "N_train"]
+    first_split = next(iter(SPLITS))  # the seeds paired on it are counted
+    header = ["Model", "Method", "N_train", f"seeds paired ({' / '.join(references)})"]
     header += [f"Δ{q[0].upper()} vs {label}, {name} (%)" for split, name in SPLITS.items() for label in references
                for q in QUANTITIES]  # fmt: skip
     table = Table(title="Paired gain over the reference baselines (%, positive: lower RMSE)", header=header, rows=[])
     for (backbone, method, size), runs in grouped.items():
         if method in references.values():
             continue
-        row = [*_labels(runs), str(size)]
+        key = (runs[0]["dataset"], backbone, method, size, runs[0].get("tag"))
+        paired = [gains[(first_split, label)].get(key, {}).get("energy") for label in references]
+        row = [*_labels(runs), str(size), " / ".join(str(stat.count) if stat else "0" for stat in paired)]
         for split in SPLITS:
             for label in references:
-                key = (runs[0]["dataset"], backbone, method, size, runs[0].get("tag"))
                 stats = gains[(split, label)].get(key, {})
                 for quantity in QUANTITIES:
                     stat = stats.get(quantity)
@@ -122,7 +124,8 @@ def gain_table(results: list[dict], grouped: dict[tuple, list[dict]], references
         table.rows.append(row)
     table.notes.append(
         "Per seed 100·(1 − RMSE / RMSE of the reference of the same seed and N_train), mean ± sample std over "
-        "the seeds both have; one value: one seed."
+        "the seeds both have (counted under 'seeds paired', per reference, on unseen molecules); one value: "
+        "one seed."
     )
     return table
 

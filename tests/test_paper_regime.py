@@ -302,9 +302,10 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
     cli = load_script("scripts/paper_regime_report.py")
     assert cli.main(["--results", str(tmp_path)]) == 0
     gains = (tmp_path / "tables/paper_regime_gains.csv").read_text().splitlines()
-    assert len(gains) == 3 and gains[1].startswith("PaiNN,Trapezoid,1000,")  # the references get no row
-    assert gains[2].startswith("PaiNN,Taylor,1000,+10.0,")  # one seed: no spread
-    cells = gains[1].split(",")[3:]  # molecules (paper E, F; tuned E, F), then conformations
+    assert len(gains) == 3  # the references get no row
+    assert gains[1].startswith("PaiNN,Trapezoid,1000,2 / 2,")  # seeds paired with each reference
+    assert gains[2].startswith("PaiNN,Taylor,1000,1 / 1,+10.0,")  # one seed: no spread
+    cells = gains[1].split(",")[4:]  # molecules (paper E, F; tuned E, F), then conformations
     assert cells[0] == "+20.0 ± 0.0" and cells[1] == "+0.0 ± 0.0" and cells[2] == "+10.0 ± 0.0"
     assert cells[4] == cells[6] == "+50.0 ± 0.0"
     errors = (tmp_path / "tables/paper_regime_errors.md").read_text()
