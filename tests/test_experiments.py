@@ -484,6 +484,8 @@ def test_mean_and_sample_std():
     assert agg.mean_std([4.0]).std == 0.0
     assert stat_.format(2) == "2.00 ± 1.00" and stat_.format(1, expected=4) == "2.0 ± 1.0 (n=3)"
     assert stat_.text("+.1f") == "+2.0 ± 1.0"
+    assert stat_.marked("x", expected=3) == "x" and stat_.marked("x", expected=None) == "x"
+    assert agg.mean_std([4.0, 6.0]).marked("5 / 10", expected=3) == "5 / 10 (n=2)"
     assert agg.mean_std([4.0]).format(2, expected=3) == "4.00 (n=1)", "one value has no spread to show"
 
 

@@ -55,8 +55,12 @@ class Stat:
         return mean if self.count == 1 else f"{mean} ± {format(self.std, spec.lstrip('+'))}"
 
     def format(self, digits: int = 2, expected: int | None = None) -> str:
-        text = self.text(f".{digits}f")
-        return text if expected is None or self.count >= expected else f"{text} (n={self.count})"
+        """``text`` with ``digits`` decimals, marked as in ``marked``."""
+        return self.marked(self.text(f".{digits}f"), expected)
+
+    def marked(self, cell: str, expected: int | None) -> str:
+        """``cell`` followed by ``(n=k)`` where this holds fewer than ``expected`` values."""
+        return cell if expected is None or self.count >= expected else f"{cell} (n={self.count})"
 
 
 def mean_std(values: list[float]) -> Stat:
@@ -310,7 +314,7 @@ def gain_table(study: dict, results: list[dict], digits: int = 1, split: str = "
                         if stat is None:
                             row.append(MISSING)
                         else:
-                            row.append(_with_count(stat, stat.text(f"+.{digits}f"), expected))
+                            row.append(stat.marked(stat.text(f"+.{digits}f"), expected))
                 table.rows.append(row)
     table.notes.append(
         "Gain = 100·(1 − RMSE_method / RMSE_reference) per seed (paired split), mean ± sample std "
@@ -361,7 +365,7 @@ def runtime_table(study: dict, results: list[dict]) -> Table:
                         row.append(MISSING)
                     else:
                         cell = f"{stat.text('.0f')} / {steps_cell(runs_of[key])}"
-                        row.append(_with_count(stat, cell, expected))
+                        row.append(stat.marked(cell, expected))
                 table.rows.append(row)
     total = sum(r["train_wall_s"] + r.get("eval_wall_s", 0.0) for r in mine) / 60.0
     table.notes.append(
@@ -371,11 +375,6 @@ def runtime_table(study: dict, results: list[dict]) -> Table:
         f"all {len(mine)} runs of the study took {total:.0f} min of training and testing."
     )
     return table
-
-
-def _with_count(stat: Stat, cell: str, expected: int) -> str:
-    """``cell`` marked ``(n=k)`` where ``stat`` has fewer than ``expected`` values."""
-    return cell if stat.count >= expected else f"{cell} (n={stat.count})"
 
 
 def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bool:
