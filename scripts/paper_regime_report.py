@@ -65,6 +65,25 @@ def method_order(grid: dict, results: list[dict]) -> list[str]:
     return order + sorted({r["method"] for r in results} - set(order))
 
 
+def with_grid_labels(results: list[dict], grid: dict) -> list[dict]:
+    """The results with the display names of the grid's studies (``grid.json``, rewritten by every
+    runner call), which win over the names a run's JSON recorded when it ran (as in aggregate.py)."""
+    labels: dict[str, dict[str, str]] = {"methods": {}, "backbones": {}}
+    for study in grid.get("studies", []):
+        for kind, names in labels.items():
+            names |= study.get("labels", {}).get(kind, {})
+    return [
+        result
+        | {
+            "method_label": labels["methods"].get(result["method"], result.get("method_label", result["method"])),
+            "backbone_label": labels["backbones"].get(
+                result["backbone"], result.get("backbone_label", result["backbone"])
+            ),
+        }
+        for result in results
+    ]
+
+
 def groups(results: list[dict], order: list[str]) -> dict[tuple, list[dict]]:
     """(backbone, method, N_train) -> its results (one per seed), backbones and methods in display order."""
     grouped: dict[tuple, list[dict]] = defaultdict(list)
@@ -181,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print(f"error: no current results in {args.results / 'runs'}", file=sys.stderr)
         return 2
+    results = with_grid_labels(results, grid)
     grouped = groups(results, method_order(grid, results))
     references = {"paper's baseline": args.reference, "tuned baseline": args.tuned_reference}
     tables = args.results / "tables"

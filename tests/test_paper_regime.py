@@ -295,7 +295,8 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
                       "test": {"energy_rmse": energy * (1 + seed), "forces_rmse": 5.0},
                       "test_conformations": {"energy_rmse": conformations, "forces_rmse": 5.0}}  # fmt: skip
             runner.write_json_atomic(tmp_path / "runs" / f"{name}.json", result)
-    study = {"name": "main", "methods": list(energies), "runs": names}
+    study = {"name": "main", "methods": list(energies), "runs": names,
+             "labels": {"methods": {"taylor": "Taylor form"}}}  # the grid's name wins over the result's  # fmt: skip
     runner.write_json_atomic(
         tmp_path / "grid.json", {"studies": [study], "config_hashes": dict.fromkeys(names, "current")}
     )
@@ -304,13 +305,13 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
     gains = (tmp_path / "tables/paper_regime_gains.csv").read_text().splitlines()
     assert len(gains) == 3  # the references get no row
     assert gains[1].startswith("PaiNN,Trapezoid,1000,2 / 2,")  # seeds paired with each reference
-    assert gains[2].startswith("PaiNN,Taylor,1000,1 / 1,+10.0,")  # one seed: no spread
+    assert gains[2].startswith("PaiNN,Taylor form,1000,1 / 1,+10.0,")  # one seed: no spread
     cells = gains[1].split(",")[4:]  # molecules (paper E, F; tuned E, F), then conformations
     assert cells[0] == "+20.0 ± 0.0" and cells[1] == "+0.0 ± 0.0" and cells[2] == "+10.0 ± 0.0"
     assert cells[4] == cells[6] == "+50.0 ± 0.0"
     errors = (tmp_path / "tables/paper_regime_errors.md").read_text()
     assert "| PaiNN | Baseline | 1000 | 2 | 15.00 ± 7.07 | 5.00 ± 0.00 | 4.00 ± 0.00 |" in errors
-    assert "| PaiNN | Taylor | 1000 | 1 | 9.00 | 5.00 | 4.00 | 5.00 |" in errors  # one seed: no spread
+    assert "| PaiNN | Taylor form | 1000 | 1 | 9.00 | 5.00 | 4.00 | 5.00 |" in errors  # one seed: no spread
     convergence = (tmp_path / "tables/paper_regime_convergence.md").read_text()
     assert "| PaiNN | Trapezoid | 1000 | 1.5 ± 0.7 | 0.060 ± 0.000 | 1000–2000 (c,e) | 500, 1000 |" in convergence
     assert cli.main(["--results", str(tmp_path / "nothing")]) == 2
