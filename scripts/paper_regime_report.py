@@ -10,7 +10,8 @@ grid's current configs (RESULTS/grid.json):
   (kcal/mol/Å), mean ± sample std over seeds;
 - RESULTS/tables/paper_regime_gains.md|csv: paired gains per seed, ``100 * (1 - RMSE / RMSE_ref)``
   (positive: better), of every method over the paper's baseline and over the tuned baseline
-  (--reference, --tuned-reference), on both test sets, with the number of seeds each reference pairs;
+  (--reference, --tuned-reference), on both test sets, with the number of seeds each reference pairs
+  (energy-only runs are left out: aggregate.py compares them with the energy-only baseline);
 - RESULTS/tables/paper_regime_convergence.md|csv: training time (``convergence.training_s``:
   training and validation, without start-up or the steps an interrupted attempt redid; the
   budget the equal-wall-clock baseline gets) and per step, steps, the best checkpoint's step (the tested model)
@@ -68,7 +69,7 @@ def method_order(grid: dict, results: list[dict]) -> list[str]:
 def with_grid_labels(results: list[dict], grid: dict) -> list[dict]:
     """The results with the display names of the grid's studies (``grid.json``, rewritten by every
     runner call), which win over the names a run's JSON recorded when it ran (as in aggregate.py)."""
-    labels: dict[str, dict[str, str]] = {"methods": {}, "backbones": {}}
+    labels: dict[str, dict[str, str]] = {"methods": {}, "backbones": {}, "groups": {}}
     for study in grid.get("studies", []):
         for kind, names in labels.items():
             names |= study.get("labels", {}).get(kind, {})
@@ -76,6 +77,7 @@ def with_grid_labels(results: list[dict], grid: dict) -> list[dict]:
         result
         | {
             "method_label": labels["methods"].get(result["method"], result.get("method_label", result["method"])),
+            "method_group": labels["groups"].get(result["method"], result.get("method_group")),
             "backbone_label": labels["backbones"].get(
                 result["backbone"], result.get("backbone_label", result["backbone"])
             ),
@@ -94,7 +96,9 @@ def groups(results: list[dict], order: list[str]) -> dict[tuple, list[dict]]:
 
 
 def _labels(runs: list[dict]) -> list[str]:
-    return [runs[0].get("backbone_label", runs[0]["backbone"]), runs[0].get("method_label", runs[0]["method"])]
+    """Model and method names; a method's group (e.g. ``energy-only``) leads its name."""
+    method, group = runs[0].get("method_label", runs[0]["method"]), runs[0].get("method_group")
+    return [runs[0].get("backbone_label", runs[0]["backbone"]), f"{group}: {method}" if group else method]
 
 
 def _stat_cell(values: list[float], digits: int) -> str:
@@ -129,7 +133,7 @@ def gain_table(results: list[dict], grouped: dict[tuple, list[dict]], references
                for q in QUANTITIES]  # fmt: skip
     table = Table(title="Paired gain over the reference baselines (%, positive: lower RMSE)", header=header, rows=[])
     for (backbone, method, size), runs in grouped.items():
-        if method in references.values():
+        if method in references.values() or runs[0].get("energy_only"):
             continue
         key = (runs[0]["dataset"], backbone, method, size, runs[0].get("tag"))
         paired = [gains[(first_split, label)].get(key, {}).get("energy") for label in references]
@@ -144,7 +148,8 @@ def gain_table(results: list[dict], grouped: dict[tuple, list[dict]], references
     table.notes.append(
         "Per seed 100·(1 − RMSE / RMSE of the reference of the same seed and N_train), mean ± sample std over "
         "the seeds both have (counted under 'seeds paired', per reference, on unseen molecules); one value: "
-        "one seed."
+        "one seed. Energy-only runs have no row: their gains over the energy-only baseline are in the "
+        "energy_only*__gains tables of aggregate.py."
     )
     return table
 

@@ -295,7 +295,13 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
                       "test": {"energy_rmse": energy * (1 + seed), "forces_rmse": 5.0},
                       "test_conformations": {"energy_rmse": conformations, "forces_rmse": 5.0}}  # fmt: skip
             runner.write_json_atomic(tmp_path / "runs" / f"{name}.json", result)
-    study = {"name": "main", "methods": list(energies), "runs": names,
+    energy_only = {"run": "molecules-painn-eo_baseline-n1000-s0", "config_hash": "current", "dataset": "molecules",
+                   "backbone": "painn", "backbone_label": "PaiNN", "method": "eo_baseline", "method_label": "Baseline",
+                   "method_group": "energy-only", "energy_only": True, "train_size": 1000, "seed": 0,
+                   "train_wall_s": 99.0, "steps": 100, "test": {"energy_rmse": 12.0, "forces_rmse": 50.0}}  # fmt: skip
+    runner.write_json_atomic(tmp_path / "runs" / f"{energy_only['run']}.json", energy_only)
+    names.append(energy_only["run"])
+    study = {"name": "main", "methods": [*energies, "eo_baseline"], "runs": names,
              "labels": {"methods": {"taylor": "Taylor form"}}}  # the grid's name wins over the result's  # fmt: skip
     runner.write_json_atomic(
         tmp_path / "grid.json", {"studies": [study], "config_hashes": dict.fromkeys(names, "current")}
@@ -312,6 +318,7 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
     errors = (tmp_path / "tables/paper_regime_errors.md").read_text()
     assert "| PaiNN | Baseline | 1000 | 2 | 15.00 ± 7.07 | 5.00 ± 0.00 | 4.00 ± 0.00 |" in errors
     assert "| PaiNN | Taylor form | 1000 | 1 | 9.00 | 5.00 | 4.00 | 5.00 |" in errors  # one seed: no spread
+    assert "| PaiNN | energy-only: Baseline | 1000 | 1 | 12.00 | 50.00 | — | — |" in errors
     convergence = (tmp_path / "tables/paper_regime_convergence.md").read_text()
     assert "| PaiNN | Trapezoid | 1000 | 1.5 ± 0.7 | 0.060 ± 0.000 | 1000–2000 (c,e) | 500, 1000 |" in convergence
     assert cli.main(["--results", str(tmp_path / "nothing")]) == 2
