@@ -30,6 +30,7 @@ from pathlib import Path
 from piwsl.experiments.aggregate import (
     Table,
     current_results,
+    display_names,
     load_grid_description,
     load_results,
     mean_std,
@@ -68,19 +69,18 @@ def method_order(grid: dict, results: list[dict]) -> list[str]:
 
 def with_grid_labels(results: list[dict], grid: dict) -> list[dict]:
     """The results with the display names of the grid's studies (``grid.json``, rewritten by every
-    runner call), which win over the names a run's JSON recorded when it ran (as in aggregate.py)."""
-    labels: dict[str, dict[str, str]] = {"methods": {}, "backbones": {}, "groups": {}}
+    runner call), which win over the names a run's JSON recorded when it ran (``aggregate.display_names``)."""
+    merged: dict[str, dict[str, str]] = {"backbones": {}, "methods": {}, "groups": {}}
     for study in grid.get("studies", []):
-        for kind, names in labels.items():
+        for kind, names in merged.items():
             names |= study.get("labels", {}).get(kind, {})
+    backbone, method, group, _ = display_names({"labels": merged}, results)
     return [
         result
         | {
-            "method_label": labels["methods"].get(result["method"], result.get("method_label", result["method"])),
-            "method_group": labels["groups"].get(result["method"], result.get("method_group")),
-            "backbone_label": labels["backbones"].get(
-                result["backbone"], result.get("backbone_label", result["backbone"])
-            ),
+            "backbone_label": backbone[result["backbone"]],
+            "method_label": method[result["method"]],
+            "method_group": group[result["method"]],
         }
         for result in results
     ]

@@ -213,7 +213,7 @@ def summarize(results: list[dict], split: str = "test") -> dict[tuple, dict[str,
     return {key: {metric: mean_std(v) for metric, v in metrics.items()} for key, metrics in values.items()}
 
 
-def _labels(study: dict, results: list[dict]) -> tuple[dict, dict, dict, dict]:
+def display_names(study: dict, results: list[dict]) -> tuple[dict, dict, dict, dict]:
     """Display names of backbones, methods, method groups and data sets: the study's, else the results'."""
     backbone = {r["backbone"]: r.get("backbone_label", r["backbone"]) for r in results}
     method = {r["method"]: r.get("method_label", r["method"]) for r in results}
@@ -231,7 +231,7 @@ def benchmark_table(study: dict, dataset: str, results: list[dict], digits: int 
     """Table 1/2/3 layout for one data set of a study, errors on ``split``."""
     mine = [r for r in study_results(study, results) if r["dataset"] == dataset]
     summary = summarize(mine, split)
-    backbone_label, method_label, method_group, dataset_label = _labels(study, mine)
+    backbone_label, method_label, method_group, dataset_label = display_names(study, mine)
     sizes, methods = study["train_sizes"], study["methods"]
     columns = [(n, m) for n in sizes for m in methods]
     header = ["Model", ""]
@@ -292,7 +292,7 @@ def gain_table(study: dict, results: list[dict], digits: int = 1, split: str = "
     """The relative gains on ``split`` as a table: rows data set x backbone x method, columns N_train x quantity."""
     gains = relative_gains(study, results, split)
     mine = study_results(study, results)
-    backbone_label, method_label, _, dataset_label = _labels(study, mine)
+    backbone_label, method_label, _, dataset_label = display_names(study, mine)
     sizes = study["train_sizes"]
     header = ["Data set", "Model", "Method"] + [f"N={n}: {q} gain (%)" for n in sizes for q in QUANTITIES]
     reference = method_label.get(study.get("reference"), study.get("reference"))
@@ -346,7 +346,7 @@ def runtime_table(study: dict, results: list[dict]) -> Table:
     runs_of: dict[tuple, list[dict]] = defaultdict(list)
     for result in mine:
         runs_of[_key(result)].append(result)
-    backbone_label, method_label, method_group, dataset_label = _labels(study, mine)
+    backbone_label, method_label, method_group, dataset_label = display_names(study, mine)
     sizes = study["train_sizes"]
     header = ["Data set", "Model", "Method"] + [f"N={n}: train time (s) / steps" for n in sizes]
     table = Table(title=f"{study['title']} — training wall time", header=header, rows=[])
@@ -386,7 +386,7 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
     gains = {k: v for k, v in relative_gains(study, results).items() if k[0] == dataset}
     if not gains:
         return False
-    backbone_label, method_label, _, dataset_label = _labels(study, study_results(study, results))
+    backbone_label, method_label, _, dataset_label = display_names(study, study_results(study, results))
     sizes = study["train_sizes"]
     positions = {n: k for k, n in enumerate(sizes)}
     methods = [m for m in study["methods"] if m != study.get("reference")]
@@ -461,7 +461,7 @@ def plot_validation_curves(study: dict, dataset: str, backbone: str, results: li
     terms = [t for t in CURVE_TERMS if any(t in r["val_curve"] for r in runs.values())]
     if not terms:
         return False
-    backbone_label, method_label, _, dataset_label = _labels(study, mine)
+    backbone_label, method_label, _, dataset_label = display_names(study, mine)
     plt = pyplot()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     figure, axes = plt.subplots(
