@@ -10,12 +10,14 @@
 # 1. painn lane: the tuning sweep (direct-force PaiNN, N 1000 then 100, seed 0), then the choice
 #    of the tuned baseline (scripts/select_tuned_baseline.py); every method at N 1000 and N 100,
 #    seed 0; the 3-seed comparison's seeds 1-2 (baseline, tuned baseline, trapezoid); then
-#    energy-only runs the other lane has not taken. Until the grid's `baseline_tuned` is the chosen
+#    energy-only runs the other lane has not taken, then seeds 1-2 of energy-only and of the -dE/dr
+#    model (both lanes take these last studies; each run goes to the lane that reaches it first). Until the grid's `baseline_tuned` is the chosen
 #    setting, the lane skips the tuned baseline's runs and ends with status 3 and the line to write
 #    into the grid: edit it and rerun (finished runs are skipped).
 # 2. painn_grad lane: the -dE/dr model's baseline at N 1000, its three methods at N 100, its
 #    trapezoid run at N 1000, its energy-only runs, the direct model's energy-only runs, and last
-#    its Taylor run at N 1000; it needs no tuned setting.
+#    its Taylor run at N 1000, then seeds 1-2 of the -dE/dr model and of energy-only; it needs no
+#    tuned setting.
 # Each equal-wall-clock run (baseline_wall) runs after the trapezoid run it takes its time from.
 # For a trial on a copy of the grid (e.g. with max_steps 5), set PAPER_REGIME_GRID to the copy and
 # PAPER_REGIME_OUT to a directory that gets its results/, work/ and data/.
@@ -62,6 +64,8 @@ painn_lane() {
   for seed in 1 2; do main_block painn 1000 "$seed"; done
   for seed in 1 2; do main_block painn 100 "$seed"; done
   run --study energy_only  # also in the other lane: a run one lane trains, the other skips
+  run --study energy_only_seeds
+  run --study main_gradient_seeds
   if [ "$tuned_status" != 0 ]; then
     echo "the tuned baseline's runs wait: write the chosen setting into $grid (see above) and rerun" >&2
     return 3
@@ -78,6 +82,8 @@ painn_grad_lane() {
   run --study energy_only_gradient
   run --study energy_only
   run --study main_gradient
+  run --study main_gradient_seeds
+  run --study energy_only_seeds
 }
 report() {
   "$python" scripts/aggregate.py "$results"
