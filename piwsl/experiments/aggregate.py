@@ -392,7 +392,9 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
     methods = [m for m in study["methods"] if m != study.get("reference")]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = ["o", "s", "^", "D", "v", "P"]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    several_backbones = len(study["backbones"]) > 1  # then a colour per backbone, else per method
+    legend_rows = -(-len(methods) * len(study["backbones"]) // 2)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.0 + 0.25 * legend_rows))
     for axis, (letter, quantity) in zip(axes, (("a", "energy"), ("b", "force")), strict=True):
         for b, backbone in enumerate(study["backbones"]):
             for k, method in enumerate(methods):
@@ -401,15 +403,18 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
                 if not points:
                     continue
                 shift = (k - (len(methods) - 1) / 2) * 0.06
+                label = method_label.get(method, method)  # one backbone: named in the title instead
+                if several_backbones:
+                    label = f"{backbone_label.get(backbone, backbone)}, {label}"
                 axis.errorbar(
                     [positions[n] + shift for n, _ in points],
                     [s.mean for _, s in points],
                     yerr=[s.std for _, s in points],
-                    color=colours[b % len(colours)],
+                    color=colours[(b if several_backbones else k) % len(colours)],
                     marker=markers[k % len(markers)],
                     linestyle="-" if k == 0 else "--",
                     capsize=3,
-                    label=f"{backbone_label.get(backbone, backbone)}, {method_label.get(method, method)}",
+                    label=label,
                 )
         axis.axhline(0.0, color="0.4", linewidth=0.8)
         low = min((s[quantity].mean for s in gains.values() if quantity in s), default=0.0)
@@ -418,13 +423,20 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
         axis.set_xlim(-0.5, len(sizes) - 0.5)
         axis.set_xticks(range(len(sizes)), [str(n) for n in sizes])
         axis.set_xlabel("N_train")
-        reference = method_label.get(study["reference"], study["reference"])
         scale = ", symlog" if axis.get_yscale() == "symlog" else ""
-        axis.set_ylabel(f"{quantity} RMSE gain over {reference} (%{scale})")
-        axis.set_title(f"({letter}) {quantity} ({dataset_label.get(dataset, dataset)})")
+        axis.set_ylabel(f"{quantity} RMSE gain (%{scale})")
+        axis.set_title(f"({letter}) {quantity}")
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="best")
-    figure.tight_layout()
+    handles = {}  # below the axes, where it hides no point; one entry per line
+    for axis in axes:
+        handles.update(zip(*reversed(axis.get_legend_handles_labels()), strict=True))
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    title = dataset_label.get(dataset, dataset)
+    if not several_backbones:
+        title += f"; {backbone_label.get(study['backbones'][0], study['backbones'][0])}"
+    reference = method_label.get(study["reference"], study["reference"])
+    figure.suptitle(f"{title}\ntest RMSE gain over {reference} (%, positive: lower error)", fontsize=10)
+    figure.tight_layout(rect=(0.0, 0.25 * legend_rows / (4.0 + 0.25 * legend_rows) + 0.02, 1.0, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=130)
     plt.close(figure)
