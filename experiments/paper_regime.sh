@@ -11,9 +11,10 @@
 #    of the tuned baseline (scripts/select_tuned_baseline.py); every method at N 1000 and N 100,
 #    seed 0; the 3-seed comparison's seeds 1-2 (baseline, tuned baseline, trapezoid); then
 #    energy-only runs the other lane has not taken, then seeds 1-2 of energy-only and of the -dE/dr
-#    model (both lanes take these last studies; each run goes to the lane that reaches it first). Until the grid's `baseline_tuned` is the chosen
-#    setting, the lane skips the tuned baseline's runs and ends with status 3 and the line to write
-#    into the grid: edit it and rerun (finished runs are skipped).
+#    model (both lanes take these last studies; each run goes to the lane that reaches it first).
+#    Until the grid's `baseline_tuned` is the chosen setting, the lane skips the tuned baseline's
+#    runs and ends with status 3 and the line to write into the grid: edit it and rerun (finished
+#    runs are skipped).
 # 2. painn_grad lane: the -dE/dr model's baseline at N 1000, its three methods at N 100, its
 #    trapezoid run at N 1000, its energy-only runs, the direct model's energy-only runs, and last
 #    its Taylor run at N 1000, then seeds 1-2 of the -dE/dr model and of energy-only; it needs no

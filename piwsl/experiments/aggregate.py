@@ -393,8 +393,9 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = ["o", "s", "^", "D", "v", "P"]
     several_backbones = len(study["backbones"]) > 1  # then a colour per backbone, else per method
-    legend_rows = -(-len(methods) * len(study["backbones"]) // 2)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.0 + 0.25 * legend_rows))
+    legend_height = 0.25 * -(-len(methods) * len(study["backbones"]) // 2)  # inches, 2 entries a row
+    height = 4.0 + legend_height
+    figure, axes = plt.subplots(1, 2, figsize=(11, height))
     for axis, (letter, quantity) in zip(axes, (("a", "energy"), ("b", "force")), strict=True):
         for b, backbone in enumerate(study["backbones"]):
             for k, method in enumerate(methods):
@@ -436,7 +437,7 @@ def plot_gains(study: dict, dataset: str, results: list[dict], path: Path) -> bo
         title += f"; {backbone_label.get(study['backbones'][0], study['backbones'][0])}"
     reference = method_label.get(study["reference"], study["reference"])
     figure.suptitle(f"{title}\ntest RMSE gain over {reference} (%, positive: lower error)", fontsize=10)
-    figure.tight_layout(rect=(0.0, 0.25 * legend_rows / (4.0 + 0.25 * legend_rows) + 0.02, 1.0, 0.93))
+    figure.tight_layout(rect=(0.0, legend_height / height + 0.02, 1.0, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=130)
     plt.close(figure)
