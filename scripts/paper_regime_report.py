@@ -15,7 +15,8 @@ grid's current configs (RESULTS/grid.json):
 - RESULTS/tables/paper_regime_convergence.md|csv: training time (``convergence.training_s``:
   training and validation, without start-up or the steps an interrupted attempt redid; the
   budget the equal-wall-clock baseline gets) and per step, steps, the best checkpoint's step (the tested model)
-  and how each seed's training ended (e: early stopping, c: step cap, w: wall-clock budget).
+  and how each seed's training ended (e: early stopping, c: step cap, w: wall-clock budget), and
+  the whole grid's training time (runs copied from a run of the same config not counted).
 
 Example: python scripts/paper_regime_report.py --results results/paper_regime
 """
@@ -36,6 +37,7 @@ from piwsl.experiments.aggregate import (
     mean_std,
     relative_gains,
     steps_cell,
+    training_seconds,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,11 +156,6 @@ def gain_table(results: list[dict], grouped: dict[tuple, list[dict]], references
     return table
 
 
-def training_seconds(result: dict) -> float:
-    """Training time of the counted steps (``convergence.training_s``), else the subprocess wall time."""
-    return float((result.get("convergence") or {}).get("training_s") or result["train_wall_s"])
-
-
 def convergence_table(grouped: dict[tuple, list[dict]]) -> Table:
     header = [
         "Model",
@@ -181,6 +178,13 @@ def convergence_table(grouped: dict[tuple, list[dict]]) -> Table:
         "attempt redid excluded), mean ± std over seeds (one value: one seed); per step: that time over the "
         "steps (a run on a slower or busier machine shows here, which matters for the equal-wall-clock "
         "baseline). e: early stopping, c: step cap, w: wall-clock budget."
+    )
+    runs = [run for group in grouped.values() for run in group]
+    trained = [run for run in runs if "reused_from" not in run]
+    table.notes.append(
+        f"The whole grid: {len(trained)} runs trained, {sum(map(training_seconds, trained)) / 3600.0:.2f} hours of "
+        f"training time in all (one CPU thread each); {len(runs) - len(trained)} more results copied from a run of "
+        "the same config (reused_from) and not counted."
     )
     return table
 

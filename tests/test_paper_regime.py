@@ -299,6 +299,8 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
                       "convergence": ended, "test_splits": ["test", "test_conformations"],
                       "test": {"energy_rmse": energy * (1 + seed), "forces_rmse": 5.0},
                       "test_conformations": {"energy_rmse": conformations, "forces_rmse": 5.0}}  # fmt: skip
+            if method == "baseline_tuned" and seed == 0:
+                result["reused_from"] = "molecules-painn-e10-n1000-s0"
             runner.write_json_atomic(tmp_path / "runs" / f"{name}.json", result)
     energy_only = {"run": "molecules-painn-eo_baseline-n1000-s0", "config_hash": "current", "dataset": "molecules",
                    "backbone": "painn", "backbone_label": "PaiNN", "method": "eo_baseline", "method_label": "Baseline",
@@ -326,5 +328,8 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
     assert "| PaiNN | energy-only: Baseline | 1000 | 1 | 12.00 | 50.00 | — | — |" in errors
     convergence = (tmp_path / "tables/paper_regime_convergence.md").read_text()
     assert "| PaiNN | Trapezoid | 1000 | 1.5 ± 0.7 | 0.060 ± 0.000 | 1000–2000 (c,e) | 500, 1000 |" in convergence
+    # trained: 60 + 120 s (baseline), 120 (tuned seed 1), 60 + 120 (trapezoid), 60 (Taylor), 99 (energy-only)
+    assert "The whole grid: 7 runs trained, 0.18 hours of training time" in convergence
+    assert "1 more results copied" in convergence
     assert cli.main(["--results", str(tmp_path / "nothing")]) == 2
     assert "grid.json not found" in capsys.readouterr().err

@@ -99,6 +99,15 @@ class Table:
             writer.writerows(self.rows)
 
 
+def training_seconds(result: dict) -> float:
+    """A finished run's training time (s): the trainer's own count (validation included, start-up and test not).
+
+    Results written before the trainer counted it give the training subprocess's wall time instead.
+    """
+    convergence = result.get("convergence") or {}
+    return float(convergence.get("training_s") or result["train_wall_s"])
+
+
 def load_results(results_dir: Path) -> list[dict]:
     """Every finished run's test results (``runs/*.json``; not ``*.failed.json`` nor validation-only runs)."""
     results = []

@@ -56,6 +56,7 @@ from piwsl.data.formats import FORMATS
 from piwsl.data.lmdb_writer import check_replaceable
 from piwsl.data.prepare import DATASET_ENTRIES, EXTRA_SPLITS, file_checksum
 from piwsl.data.splits import default_test_size, default_val_size
+from piwsl.experiments.aggregate import training_seconds
 from piwsl.experiments.grid import ROOT, Grid, RunSpec, merge, pretraining_first, resolve
 from piwsl.jsonfiles import write_json_atomic
 
@@ -377,15 +378,6 @@ def run_overrides(run: RunSpec, paths: Paths) -> dict:
     if run.wall_clock_source is not None:
         fixed["optim"][WALL_SECONDS_KEY] = round(wall_clock_budget(run, paths), 1)
     return merge(merge(model_overrides(run), run.overrides), fixed)
-
-
-def training_seconds(result: dict) -> float:
-    """A finished run's training time (s): the trainer's own count (validation included, start-up and test not).
-
-    Results written before the trainer counted it give the training subprocess's wall time instead.
-    """
-    convergence = result.get("convergence") or {}
-    return float(convergence.get("training_s") or result["train_wall_s"])
 
 
 def wall_clock_budget(run: RunSpec, paths: Paths) -> float:
