@@ -156,20 +156,44 @@ def gain_table(results: list[dict], grouped: dict[tuple, list[dict]], references
     return table
 
 
-def convergence_table(grouped: dict[tuple, list[dict]]) -> Table:
+def reference_methods(grid: dict) -> dict[str, str]:
+    """Each method's reference: that of the first study of the grid that lists the method and has one."""
+    references: dict[str, str] = {}
+    for study in grid.get("studies", []):
+        if study.get("reference"):
+            for method in study["methods"]:
+                references.setdefault(method, study["reference"])
+    return references
+
+
+def time_ratios(runs: list[dict], grouped: dict[tuple, list[dict]], reference: str | None) -> list[float]:
+    """Each run's training time over that of the reference run of the same backbone, N_train and seed."""
+    if reference is None:
+        return []
+    backbone, size = runs[0]["backbone"], runs[0]["train_size"]
+    by_seed = {r["seed"]: training_seconds(r) for r in grouped.get((backbone, reference, size), [])}
+    return [training_seconds(r) / by_seed[r["seed"]] for r in runs if by_seed.get(r["seed"])]
+
+
+def convergence_table(grouped: dict[tuple, list[dict]], references: dict[str, str]) -> Table:
+    """Training time, its ratio to the reference's (``references``: method -> reference method), steps."""
     header = [
         "Model",
         "Method",
         "N_train",
         "training time (min)",
+        "time / reference's (same seed)",
         "s per step",
         "steps (how each seed ended)",
         "best checkpoint step",
     ]
     table = Table(title="Training time and convergence", header=header, rows=[])
-    for (_, _, size), runs in grouped.items():
+    for (_, method, size), runs in grouped.items():
         best = [(r.get("convergence") or {}).get("best_checkpoint_step") for r in sorted(runs, key=lambda r: r["seed"])]
         row = [*_labels(runs), str(size), _stat_cell([training_seconds(r) / 60.0 for r in runs], 1)]
+        reference = references.get(method)
+        ratio = _stat_cell(time_ratios(runs, grouped, reference), 2)
+        row.append("reference" if reference == method else ratio if ratio == MISSING else f"{ratio} ({reference})")
         row.append(_stat_cell([training_seconds(r) / r["steps"] for r in runs if r["steps"]], 3))
         row += [steps_cell(runs), ", ".join(MISSING if step is None else str(step) for step in best)]
         table.rows.append(row)
@@ -177,7 +201,9 @@ def convergence_table(grouped: dict[tuple, list[dict]]) -> Table:
         "Training time: convergence.training_s (training and validation; start-up and the steps an interrupted "
         "attempt redid excluded), mean ± std over seeds (one value: one seed); per step: that time over the "
         "steps (a run on a slower or busier machine shows here, which matters for the equal-wall-clock "
-        "baseline). e: early stopping, c: step cap, w: wall-clock budget."
+        "baseline). Time / reference's: per seed, the run's training time over that of the reference method "
+        "(named; the first study of the grid listing the method names it) of the same N_train and seed, "
+        "mean ± std over the seeds both have. e: early stopping, c: step cap, w: wall-clock budget."
     )
     runs = [run for group in grouped.values() for run in group]
     trained = [run for run in runs if "reused_from" not in run]
@@ -216,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     for table, name in (
         (error_table(grouped), "paper_regime_errors"),
         (gain_table(results, grouped, references), "paper_regime_gains"),
-        (convergence_table(grouped), "paper_regime_convergence"),
+        (convergence_table(grouped, reference_methods(grid)), "paper_regime_convergence"),
     ):
         print(write(table, tables / name))
     return 0

@@ -113,6 +113,7 @@ def test_a_molecule_split_run_is_tested_on_both_test_splits_and_records_how_it_s
     convergence = result["convergence"]
     assert convergence["stopped_by"] == "early_stopping" and result["steps"] == 4  # validations at 2 and 4
     assert convergence["training_s"] > 0 and "energy_force_nmae" in result["val_metrics"]
+    assert result["cpu"].endswith(" cores")  # training times are comparable on the same CPU only
     curve = result["val_curve"]  # the learning curve outlives the work directory
     assert curve["energy_force_nmae"]["step"] == [2, 4] and len(curve["forces_mae"]["value"]) == 2
     assert curve["energy_force_nmae"]["value"][0] == pytest.approx(convergence["best"])
@@ -291,7 +292,8 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
             name = f"molecules-painn-{method}-n1000-s{seed}"
             names.append(name)
             conformations = 2.0 if method == "trapezoid" else 4.0
-            ended = {"stopped_by": "early_stopping" if seed else "max_steps", "training_s": 60.0 * (seed + 1),
+            minutes = (seed + 1) * (3 if method == "trapezoid" else 1)  # trapezoid: 3x the baseline's time
+            ended = {"stopped_by": "early_stopping" if seed else "max_steps", "training_s": 60.0 * minutes,
                      "best_checkpoint_step": 500 * (seed + 1)}  # fmt: skip
             result = {"run": name, "config_hash": "current", "dataset": "molecules", "backbone": "painn",
                       "backbone_label": "PaiNN", "method": method, "method_label": method.title(),
@@ -308,7 +310,7 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
                    "train_wall_s": 99.0, "steps": 100, "test": {"energy_rmse": 12.0, "forces_rmse": 50.0}}  # fmt: skip
     runner.write_json_atomic(tmp_path / "runs" / f"{energy_only['run']}.json", energy_only)
     names.append(energy_only["run"])
-    study = {"name": "main", "methods": [*energies, "eo_baseline"], "runs": names,
+    study = {"name": "main", "methods": [*energies, "eo_baseline"], "runs": names, "reference": "baseline",
              "labels": {"methods": {"taylor": "Taylor form"}}}  # the grid's name wins over the result's  # fmt: skip
     runner.write_json_atomic(
         tmp_path / "grid.json", {"studies": [study], "config_hashes": dict.fromkeys(names, "current")}
@@ -327,9 +329,13 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
     assert "| PaiNN | Taylor form | 1000 | 1 | 9.00 | 5.00 | 4.00 | 5.00 |" in errors  # one seed: no spread
     assert "| PaiNN | energy-only: Baseline | 1000 | 1 | 12.00 | 50.00 | — | — |" in errors
     convergence = (tmp_path / "tables/paper_regime_convergence.md").read_text()
-    assert "| PaiNN | Trapezoid | 1000 | 1.5 ± 0.7 | 0.060 ± 0.000 | 1000–2000 (c,e) | 500, 1000 |" in convergence
-    # trained: 60 + 120 s (baseline), 120 (tuned seed 1), 60 + 120 (trapezoid), 60 (Taylor), 99 (energy-only)
-    assert "The whole grid: 7 runs trained, 0.18 hours of training time" in convergence
+    assert "| PaiNN | Trapezoid | 1000 | 4.5 ± 2.1 | 3.00 ± 0.00 (baseline) | 0.180 ± 0.000 | 1000–2000 (c,e) |" in (
+        convergence
+    )
+    assert "| PaiNN | Baseline | 1000 | 1.5 ± 0.7 | reference |" in convergence
+    assert "| PaiNN | Taylor form | 1000 | 1.0 | 1.00 (baseline) |" in convergence  # seed 0 only
+    # trained: 60 + 120 s (baseline), 120 (tuned seed 1), 180 + 360 (trapezoid), 60 (Taylor), 99 (energy-only)
+    assert "The whole grid: 7 runs trained, 0.28 hours of training time" in convergence
     assert "1 more results copied" in convergence
     assert cli.main(["--results", str(tmp_path / "nothing")]) == 2
     assert "grid.json not found" in capsys.readouterr().err

@@ -31,6 +31,7 @@ import gc
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -688,6 +689,18 @@ def _record_attempt(path: Path, wall: float, returncode: int | None) -> None:
     write_json_atomic(path, attempts)
 
 
+def cpu_description() -> str:
+    """The CPU model and the cores this process may use (training times of runs on different CPUs differ)."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores"
+
+
 def _git_commit() -> str | None:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -829,6 +842,7 @@ def execute_run(
                 **errors,
                 "host": socket.gethostname(),
                 "device": "cpu" if options.use_cpu() else torch.cuda.get_device_name(),
+                "cpu": cpu_description(),
                 "git_commit": _git_commit(),
                 "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
             }
