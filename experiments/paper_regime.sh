@@ -11,14 +11,15 @@
 #    of the tuned baseline (scripts/select_tuned_baseline.py); every method at N 1000 and N 100,
 #    seed 0; the 3-seed comparison's seeds 1-2 (baseline, tuned baseline, trapezoid); then
 #    energy-only runs the other lane has not taken, then seeds 1-2 of energy-only and of the -dE/dr
-#    model (both lanes take these last studies; each run goes to the lane that reaches it first).
+#    model, then seeds 1-2 of the Taylor form and weak labels (both lanes take these last studies;
+#    each run goes to the lane that reaches it first).
 #    Until the grid's `baseline_tuned` is the chosen setting, the lane skips the tuned baseline's
 #    runs and ends with status 3 and the line to write into the grid: edit it and rerun (finished
 #    runs are skipped).
 # 2. painn_grad lane: the -dE/dr model's baseline at N 1000, its three methods at N 100, its
 #    trapezoid run at N 1000, its energy-only runs, the direct model's energy-only runs, and last
-#    its Taylor run at N 1000, then seeds 1-2 of the -dE/dr model and of energy-only; it needs no
-#    tuned setting.
+#    its Taylor run at N 1000, then seeds 1-2 of the -dE/dr model, of energy-only and of the direct
+#    model's Taylor form and weak labels; it needs no tuned setting.
 # Each equal-wall-clock run (baseline_wall) runs after the trapezoid run it takes its time from.
 # For a trial on a copy of the grid (e.g. with max_steps 5), set PAPER_REGIME_GRID to the copy and
 # PAPER_REGIME_OUT to a directory that gets its results/, work/ and data/.
@@ -56,6 +57,11 @@ main_block() {
   fi
 }
 
+# Seeds 1-2 of the Taylor form and weak labels (both lanes, last); their baselines are main's runs.
+seeds_of_other_methods() {
+  run --study all_methods_seeds --only 'molecules-painn-taylor-*' --only 'molecules-painn-weak_label-*'
+}
+
 painn_lane() {
   run --study sweep --only '*-n1000-s0'
   run --study sweep --only '*-n100-s0'
@@ -67,6 +73,7 @@ painn_lane() {
   run --study energy_only  # also in the other lane: a run one lane trains, the other skips
   run --study energy_only_seeds
   run --study main_gradient_seeds
+  seeds_of_other_methods
   if [ "$tuned_status" != 0 ]; then
     echo "the tuned baseline's runs wait: write the chosen setting into $grid (see above) and rerun" >&2
     return 3
@@ -85,6 +92,7 @@ painn_grad_lane() {
   run --study main_gradient
   run --study main_gradient_seeds
   run --study energy_only_seeds
+  seeds_of_other_methods
 }
 report() {
   "$python" scripts/aggregate.py "$results"

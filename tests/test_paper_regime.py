@@ -264,12 +264,14 @@ def test_painn_lane_skips_only_the_tuned_runs_until_the_choice_is_in_the_grid(tm
     assert lane.returncode == tuned_status, lane.stderr
     assert "--study sweep --only *-n1000-s0" in commands[0] and "--study sweep --only *-n100-s0" in commands[1]
     assert "select_tuned_baseline.py" in commands[2]
-    assert [command.split("--study ")[-1] for command in commands[-3:]] == [
+    assert [command.split("--study ")[-1].split(" ")[0] for command in commands[-4:]] == [
         "energy_only",
         "energy_only_seeds",
         "main_gradient_seeds",
+        "all_methods_seeds",  # Taylor and weak labels only: the tuned baseline's runs are main's
     ]
-    blocks = commands[3:-3]
+    assert "baseline" not in commands[-1]
+    blocks = commands[3:-4]
     order = [(block.split("-n")[-1].split("-")[0], block.split("-s")[-1][0]) for block in blocks]
     assert order == [("1000", "0"), ("100", "0"), ("1000", "1"), ("1000", "2"), ("100", "1"), ("100", "2")]
     assert all("--study main --study main_vs_tuned --study all_methods" in block for block in blocks)
