@@ -167,12 +167,18 @@ def reference_methods(grid: dict) -> dict[str, str]:
 
 
 def time_ratios(runs: list[dict], grouped: dict[tuple, list[dict]], reference: str | None) -> list[float]:
-    """Each run's training time over that of the reference run of the same backbone, N_train and seed."""
+    """Each run's training time over that of the reference run of the same backbone, N_train and seed,
+    where both ran on the same CPU (``cpu``, which results written before 2026-12-04 lack: those pair
+    with each other)."""
     if reference is None:
         return []
     backbone, size = runs[0]["backbone"], runs[0]["train_size"]
-    by_seed = {r["seed"]: training_seconds(r) for r in grouped.get((backbone, reference, size), [])}
-    return [training_seconds(r) / by_seed[r["seed"]] for r in runs if by_seed.get(r["seed"])]
+    by_seed = {r["seed"]: r for r in grouped.get((backbone, reference, size), [])}
+    return [
+        training_seconds(r) / training_seconds(by_seed[r["seed"]])
+        for r in runs
+        if r["seed"] in by_seed and by_seed[r["seed"]].get("cpu") == r.get("cpu")
+    ]
 
 
 def convergence_table(grouped: dict[tuple, list[dict]], references: dict[str, str]) -> Table:
@@ -192,8 +198,10 @@ def convergence_table(grouped: dict[tuple, list[dict]], references: dict[str, st
         best = [(r.get("convergence") or {}).get("best_checkpoint_step") for r in sorted(runs, key=lambda r: r["seed"])]
         row = [*_labels(runs), str(size), _stat_cell([training_seconds(r) / 60.0 for r in runs], 1)]
         reference = references.get(method)
-        ratio = _stat_cell(time_ratios(runs, grouped, reference), 2)
-        row.append("reference" if reference == method else ratio if ratio == MISSING else f"{ratio} ({reference})")
+        ratios = time_ratios(runs, grouped, reference)
+        paired = f", {len(ratios)} of {len(runs)} seeds" if len(ratios) < len(runs) else ""
+        ratio = f"{_stat_cell(ratios, 2)} ({reference}{paired})" if ratios else MISSING
+        row.append("reference" if reference == method else ratio)
         row.append(_stat_cell([training_seconds(r) / r["steps"] for r in runs if r["steps"]], 3))
         row += [steps_cell(runs), ", ".join(MISSING if step is None else str(step) for step in best)]
         table.rows.append(row)
@@ -203,7 +211,8 @@ def convergence_table(grouped: dict[tuple, list[dict]], references: dict[str, st
         "steps (a run on a slower or busier machine shows here, which matters for the equal-wall-clock "
         "baseline). Time / reference's: per seed, the run's training time over that of the reference method "
         "(named; the first study of the grid listing the method names it) of the same N_train and seed, "
-        "mean ± std over the seeds both have. e: early stopping, c: step cap, w: wall-clock budget."
+        "mean ± std over the seeds both have on the same CPU (the results' `cpu`, recorded since 2026-12-04; "
+        "runs without it pair with each other). e: early stopping, c: step cap, w: wall-clock budget."
     )
     runs = [run for group in grouped.values() for run in group]
     trained = [run for run in runs if "reused_from" not in run]

@@ -305,6 +305,8 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
                       "test_conformations": {"energy_rmse": conformations, "forces_rmse": 5.0}}  # fmt: skip
             if method == "baseline_tuned" and seed == 0:
                 result["reused_from"] = "molecules-painn-e10-n1000-s0"
+            if method == "baseline_tuned" and seed == 1:  # another CPU than the baseline's: not paired in time
+                result["cpu"] = "a faster CPU, 2 cores"
             runner.write_json_atomic(tmp_path / "runs" / f"{name}.json", result)
     energy_only = {"run": "molecules-painn-eo_baseline-n1000-s0", "config_hash": "current", "dataset": "molecules",
                    "backbone": "painn", "backbone_label": "PaiNN", "method": "eo_baseline", "method_label": "Baseline",
@@ -336,6 +338,7 @@ def test_report_puts_both_test_sets_and_both_references_side_by_side(tmp_path, c
     )
     assert "| PaiNN | Baseline | 1000 | 1.5 ± 0.7 | reference |" in convergence
     assert "| PaiNN | Taylor form | 1000 | 1.0 | 1.00 (baseline) |" in convergence  # seed 0 only
+    assert "| PaiNN | Baseline_Tuned | 1000 | 1.5 ± 0.7 | 1.00 (baseline, 1 of 2 seeds) |" in convergence
     # trained: 60 + 120 s (baseline), 120 (tuned seed 1), 180 + 360 (trapezoid), 60 (Taylor), 99 (energy-only)
     assert "The whole grid: 7 runs trained, 0.28 hours of training time" in convergence
     assert "1 more results copied" in convergence
