@@ -214,12 +214,12 @@ def convergence_table(grouped: dict[tuple, list[dict]], references: dict[str, st
         "mean ± std over the seeds both have on the same CPU (the results' `cpu`, recorded since 2026-12-04; "
         "runs without it pair with each other). e: early stopping, c: step cap, w: wall-clock budget."
     )
-    runs = [run for group in grouped.values() for run in group]
-    trained = [run for run in runs if "reused_from" not in run]
+    every_run = [run for group in grouped.values() for run in group]
+    trained = [run for run in every_run if "reused_from" not in run]
     table.notes.append(
         f"The whole grid: {len(trained)} runs trained, {sum(map(training_seconds, trained)) / 3600.0:.2f} hours of "
-        f"training time in all (one CPU thread each); {len(runs) - len(trained)} more results copied from a run of "
-        "the same config (reused_from) and not counted."
+        f"training time in all (one CPU thread each); {len(every_run) - len(trained)} more results copied from a run "
+        "of the same config (reused_from) and not counted."
     )
     return table
 
